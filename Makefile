@@ -1,0 +1,54 @@
+# Two entry points do all the setup on a fresh Debian machine:
+#   make serve   build the demo model repository if it is missing, then start the gateway
+#   make test    lint, type-check and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages: espeak-ng synthesises the speech corpus and test audio; prometheus runs in
+# the monitoring tests; the *-l10n/iso-codes packages carry the gettext catalogs of the
+# translation corpus (only needed to re-extract it).
+DEB_PACKAGES := espeak-ng prometheus iso-codes
+
+.PHONY: setup deps venv serve repo test lint typecheck unit clean
+
+setup: deps venv
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: a looser request would fetch a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+repo: setup
+	$(BIN)/builders build-demo --if-missing
+
+serve: repo
+	$(BIN)/builders report
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test: setup lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Builders: turn trained models into ladders of size variants in a Triton repository."""

@@ -1,0 +1,1 @@
+"""The model zoo: seeded training recipes, committed checkpoints and held-out sets."""

@@ -1,0 +1,1 @@
+"""Variant-routing model gateway speaking the KServe v2 protocol."""

@@ -1,0 +1,1 @@
+"""Task-level pre/post-processing shared by the gateway and the builders' evaluation."""
