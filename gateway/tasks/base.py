@@ -36,3 +36,10 @@ def pad_stack(arrays: list[Tensor], pad_value: float | int = 0) -> Tensor:
     for i, a in enumerate(arrays):
         out[(i, *(slice(0, n) for n in a.shape))] = a
     return out
+
+
+class TaskInputError(ValueError):
+    """A task-level input that cannot be processed; the message says what was wrong.
+
+    The gateway answers it with INVALID_ARGUMENT / HTTP 400.
+    """
