@@ -1,0 +1,1 @@
+"""Graph-level optimisations that derive variants from an fp32 ONNX graph."""

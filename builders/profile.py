@@ -1,0 +1,145 @@
+"""Latency, throughput and memory of a variant, measured at task level.
+
+A request is what a client sends: ``batch_size`` task items (images, waveforms, sentences)
+through the task's pre/post-processing and the graph, exactly as the gateway serves them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builders.spec import ProfileSettings
+from gateway.manifest import LatencyPoint
+from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.onnx_runner import onnx_graph_runner
+
+
+def _percentiles(samples_s: Sequence[float]) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(np.asarray(samples_s), [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def _timed_loop(request: Callable[[], None], settings: ProfileSettings) -> list[float]:
+    """Run ``request`` until min_runs are done and the point's time is up (or max_runs)."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + settings.time_per_point_s
+    while len(samples) < settings.max_runs:
+        start = time.perf_counter()
+        request()
+        samples.append(time.perf_counter() - start)
+        if len(samples) >= settings.min_runs and time.perf_counter() >= deadline:
+            break
+    return samples
+
+
+def _point(
+    task: Task,
+    run_graph: RunGraph,
+    items: list[Any],
+    batch: int,
+    threads: int,
+    settings: ProfileSettings,
+) -> LatencyPoint:
+    # Cycle through the sample items so every request is real data, not one repeated input.
+    requests = [[items[(i * batch + j) % len(items)] for j in range(batch)] for i in range(16)]
+    for r in requests[: settings.warmup_runs]:
+        task.run(r, run_graph)
+
+    per_thread: list[list[float]] = [[] for _ in range(threads)]
+
+    def worker(index: int) -> None:
+        sent = [index]
+
+        def one() -> None:
+            task.run(requests[sent[0] % len(requests)], run_graph)
+            sent[0] += 1
+
+        per_thread[index] = _timed_loop(one, settings)
+
+    start = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall_s = time.perf_counter() - start
+    samples = [s for thread_samples in per_thread for s in thread_samples]
+    p50, p95, p99 = _percentiles(samples)
+    return LatencyPoint(
+        batch_size=batch,
+        concurrency=threads,
+        runs=len(samples),
+        p50_s=p50,
+        p95_s=p95,
+        p99_s=p99,
+        throughput_per_s=len(samples) * batch / wall_s,
+    )
+
+
+def profile_latency(
+    graph: Path, task: Task, items: list[Any], settings: ProfileSettings, max_batch_size: int
+) -> list[LatencyPoint]:
+    """Time the variant at each batch size (concurrency 1) and each concurrency (batch 1)."""
+    if not items:
+        raise ValueError("profiling needs at least one sample item")
+    run_graph = onnx_graph_runner(graph, settings.intra_op_threads)
+    points = [
+        _point(task, run_graph, items, batch, 1, settings)
+        for batch in settings.batch_sizes
+        if batch <= max_batch_size
+    ]
+    points += [
+        _point(task, run_graph, items, 1, threads, settings)
+        for threads in settings.concurrency_levels
+        if threads > 1
+    ]
+    return points
+
+
+_MEMORY_SCRIPT = """
+import json, resource, sys
+import numpy as np
+import onnxruntime as ort
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+feeds = dict(np.load(sys.argv[2]))
+session.run(None, feeds)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"resident_bytes": (after - before) * 1024}))
+"""
+
+
+def measure_resident_memory(graph: Path, inputs: dict[str, Any], workdir: Path) -> int:
+    """Peak resident-memory growth of loading the graph and running one batch, in bytes.
+
+    Measured in a fresh child process so earlier variants do not hide this one's peak.
+    """
+    feeds = workdir / f"{graph.stem}.feeds.npz"
+    np.savez(feeds, **inputs)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(graph), str(feeds)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    result: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return int(result["resident_bytes"])
+
+
+def estimate_gpu_memory(size_bytes: int, resident_bytes: int) -> int:
+    """Device memory a variant needs where none was measured: its weights plus workspace.
+
+    On the CPU the resident growth already holds the weights and the activation workspace;
+    the weights are counted at least once more so a GPU runtime's staging copy is covered.
+    """
+    return max(resident_bytes, 0) + size_bytes

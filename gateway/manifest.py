@@ -1,0 +1,184 @@
+"""The per-family manifest: the builders write it, the gateway routes on it.
+
+One JSON file per family, ``<repository>/<family>.manifest.json``, beside the Triton model
+directories ``<family>__<variant>/``. Files that people and tools write are strict
+(``extra="forbid"``), so a typo is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION: Literal[1] = 1
+MANIFEST_SUFFIX = ".manifest.json"
+VARIANT_SEPARATOR = "__"
+"""Joins family and variant into a Triton model name: ``vision__int8``."""
+
+Datatype = Literal["FP32", "FP16", "INT64", "INT32", "UINT8", "BYTES"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def model_name(family: str, variant: str) -> str:
+    """The Triton model name of a variant, e.g. ``model_name("vision", "int8")``."""
+    return f"{family}{VARIANT_SEPARATOR}{variant}"
+
+
+def split_model_name(name: str) -> tuple[str, str | None]:
+    """Split ``"vision__int8"`` into ``("vision", "int8")``; a bare family gets ``None``."""
+    family, sep, variant = name.partition(VARIANT_SEPARATOR)
+    return family, (variant if sep else None)
+
+
+class TensorSpec(_Strict):
+    """One input or output of a variant's graph (batch dimension excluded)."""
+
+    name: str
+    datatype: Datatype
+    dims: list[int] = Field(description="Shape without the batch dimension; -1 is dynamic.")
+
+
+class Artifact(_Strict):
+    """A file of a variant, relative to the repository root."""
+
+    path: str
+    sha256: str
+    size_bytes: int = Field(ge=0)
+
+
+class LatencyPoint(_Strict):
+    """Latency of one (batch size, concurrency) point, warm-up runs excluded."""
+
+    batch_size: int = Field(ge=1)
+    concurrency: int = Field(ge=1)
+    runs: int = Field(ge=1, description="Timed runs behind the percentiles.")
+    p50_s: float = Field(ge=0)
+    p95_s: float = Field(ge=0)
+    p99_s: float = Field(ge=0)
+    throughput_per_s: float = Field(ge=0, description="Items per second at this point.")
+
+
+class Variant(_Strict):
+    """One size variant of a family, with everything measured about it."""
+
+    name: str = Field(description="Variant name, e.g. 'fp32', 'int8', 'pruned-50-int8'.")
+    model_name: str = Field(description="Triton model name: '<family>__<variant>'.")
+    status: Literal["published", "rejected"]
+    rejection_reason: str | None = None
+    recommended: bool = Field(description="On the size/latency/quality Pareto frontier.")
+    runtime: Literal["onnx", "tensorrt"] = "onnx"
+    precision: Literal["fp32", "fp16", "int8"]
+    quantization: Literal["none", "static-qdq", "dynamic"] = "none"
+    pruning_ratio: float = Field(ge=0, lt=1)
+    artifacts: list[Artifact]
+    size_bytes: int = Field(ge=0, description="Bytes of the graph file.")
+    parameters: int = Field(ge=0)
+    metrics: dict[str, float] = Field(description="Task metrics in points, e.g. wer, cer.")
+    quality: float = Field(
+        description="The primary metric as higher-is-better points (100 - WER for WER); "
+        "the value that a request's min_accuracy is compared with."
+    )
+    quality_drop: float = Field(description="Points of quality lost against fp32.")
+    latency: list[LatencyPoint]
+    resident_memory_bytes: int = Field(ge=0, description="Peak RSS growth to load and run.")
+    gpu_memory_bytes: int = Field(
+        ge=0,
+        description="Device memory to hold and run the variant (measured on a GPU, "
+        "else estimated from weights and activations; see gpu_memory_source).",
+    )
+    gpu_memory_source: Literal["measured", "estimated"] = "estimated"
+
+    def latency_at(self, batch_size: int = 1, concurrency: int = 1) -> LatencyPoint | None:
+        """The profiled point closest to (batch_size, concurrency), preferring exact matches."""
+        if not self.latency:
+            return None
+        return min(
+            self.latency,
+            key=lambda p: (abs(p.batch_size - batch_size), abs(p.concurrency - concurrency)),
+        )
+
+
+class MetricInfo(_Strict):
+    """The family's primary metric."""
+
+    name: str
+    higher_is_better: bool
+
+
+class FamilyManifest(_Strict):
+    """Everything the gateway needs to serve and route one family."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    family: str
+    task: Literal["image-labels", "audio-text", "text-text"]
+    metric: MetricInfo
+    max_batch_size: int = Field(ge=0)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    assets: list[str] = Field(description="Asset files copied beside each graph.")
+    built_at: str = Field(description="UTC ISO-8601 time of the build.")
+    source: str = Field(description="Where the fp32 model came from (checkpoint and hash).")
+    variants: list[Variant]
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> FamilyManifest:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate variant names in {self.family}: {names}")
+        for v in self.variants:
+            if v.model_name != model_name(self.family, v.name):
+                raise ValueError(
+                    f"variant {v.name}: model_name must be {model_name(self.family, v.name)}"
+                )
+        return self
+
+    def published(self) -> list[Variant]:
+        """Variants the gateway may serve."""
+        return [v for v in self.variants if v.status == "published"]
+
+    def variant(self, name: str) -> Variant:
+        """Look a variant up by name; KeyError if absent."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+def manifest_path(repository: Path, family: str) -> Path:
+    """Where a family's manifest lives in a repository."""
+    return repository / f"{family}{MANIFEST_SUFFIX}"
+
+
+def load_manifest(path: Path) -> FamilyManifest:
+    """Read and validate one manifest file."""
+    return FamilyManifest.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def find_manifests(repository: Path) -> list[Path]:
+    """All manifest files in a repository, sorted by name."""
+    return sorted(repository.glob(f"*{MANIFEST_SUFFIX}"))
+
+
+def write_manifest(repository: Path, manifest: FamilyManifest) -> Path:
+    """Write a manifest atomically (temp file + rename), so readers never see half of one."""
+    path = manifest_path(repository, manifest.family)
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=repository, prefix=f".{manifest.family}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
