@@ -95,6 +95,7 @@ class Variant(_Strict):
         "else estimated from weights and activations; see gpu_memory_source).",
     )
     gpu_memory_source: Literal["measured", "estimated"] = "estimated"
+    notes: list[str] = Field(default_factory=list, description="How it was made, in words.")
 
     def latency_at(self, batch_size: int = 1, concurrency: int = 1) -> LatencyPoint | None:
         """The profiled point closest to (batch_size, concurrency), preferring exact matches."""

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
-from gateway.tasks.base import RunGraph
+from gateway.tasks.base import RunGraph, Task
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,14 @@ class ZooFamily(Protocol):
     """The family's primary metric."""
     assets_dir: Path
     """Files the task code needs at serving time (labels, tokenizer, feature settings)."""
+
+    def make_task(self, assets_dir: Path) -> Task:
+        """The serving-time task object over a (copied) assets directory."""
+        ...
+
+    def sample_items(self, count: int) -> list[Any]:
+        """Task-level items (images, waveforms, texts) from the held-out set, for profiling."""
+        ...
 
     def load(self) -> nn.Module:
         """Load the committed checkpoint into a torch module in eval mode."""

@@ -1,0 +1,325 @@
+"""Build one family's variant ladder: derive, evaluate, profile, select, publish.
+
+fp32 is the baseline; fp16 and int8 are graph-level transforms of it; each pruning ratio is a
+structurally smaller torch model, recovered by a short fine-tune, exported, and also
+quantized. Every variant is evaluated with the family's metric and profiled; the ones that
+lose more than ``max_quality_drop`` points are kept in the manifest as rejected and not
+written to the repository; the rest are published, and the Pareto-optimal ones recommended.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from tqdm import tqdm
+
+from builders.convert.onnx2trt import tensorrt_unavailable_reason
+from builders.optimize.quantize import QuantizationMethod, op_types, to_fp16, to_int8
+from builders.pareto import Point, frontier
+from builders.profile import estimate_gpu_memory, measure_resident_memory, profile_latency
+from builders.repository import (
+    ARTIFACT_FILE,
+    VERSION,
+    new_staging_dir,
+    publish_family,
+    sha256_file,
+    stage_variant,
+    triton_config,
+)
+from builders.sources import ModelSource, check_contract, load_torch_module
+from builders.spec import BuildSpec, pruned_name
+from builders.zoo.api import ZooFamily
+from gateway.manifest import (
+    Artifact,
+    Datatype,
+    FamilyManifest,
+    MetricInfo,
+    TensorSpec,
+    Variant,
+    model_name,
+    write_manifest,
+)
+from gateway.tasks.onnx_runner import onnx_graph_runner
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Candidate:
+    """A derived graph waiting to be measured."""
+
+    name: str
+    graph: Path
+    precision: str
+    quantization: str = "none"
+    pruning_ratio: float = 0.0
+    parameters: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    """What a build produced."""
+
+    manifest: FamilyManifest
+    manifest_path: Path
+    skipped: list[str]
+    """Variant kinds not built, each with the reason."""
+    seconds: float
+
+
+def graph_parameters(graph: Path) -> int:
+    """Weights in a float graph: elements of float initializers with at least one axis."""
+    model = onnx.load(str(graph))
+    return sum(
+        int(np.prod(init.dims))
+        for init in model.graph.initializer
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and init.dims
+    )
+
+
+def graph_io(graph: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Graph inputs/outputs as TensorSpecs, batch axis dropped, dynamic axes as -1."""
+    dtypes: dict[int, Datatype] = {
+        onnx.TensorProto.FLOAT: "FP32",
+        onnx.TensorProto.FLOAT16: "FP16",
+        onnx.TensorProto.INT64: "INT64",
+        onnx.TensorProto.INT32: "INT32",
+        onnx.TensorProto.UINT8: "UINT8",
+    }
+    model = onnx.load(str(graph), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.dim_value > 0 else -1 for d in tensor.shape.dim][1:]
+        return TensorSpec(name=value.name, datatype=dtypes[tensor.elem_type], dims=dims)
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+def _quality(metrics: dict[str, float], family: ZooFamily) -> float:
+    value = metrics[family.metric.name]
+    return value if family.metric.higher_is_better else 100.0 - value
+
+
+def _derive(
+    spec: BuildSpec,
+    family: ZooFamily,
+    source: ModelSource,
+    workdir: Path,
+    progress: Progress,
+    skipped: list[str],
+) -> list[Candidate]:
+    """fp32 export and every derived graph the spec asks for."""
+    module = load_torch_module(source, family)
+    fp32 = workdir / "fp32.onnx"
+    if module is None:
+        assert source.path is not None
+        fp32.write_bytes(source.path.read_bytes())
+    else:
+        family.export_onnx(module, fp32)
+    params = graph_parameters(fp32)
+    candidates = [Candidate("fp32", fp32, "fp32", parameters=params)]
+    method: QuantizationMethod = "dynamic" if "LSTM" in op_types(fp32) else "static-qdq"
+
+    def int8_of(base: Candidate, name: str) -> Candidate:
+        progress(f"{family.name}: quantizing {name} ({method})")
+        target = workdir / f"{name}.onnx"
+        result = to_int8(base.graph, target, family.calibration_inputs(64), method)
+        notes = [f"int8 ops: {', '.join(result.int8_op_types)}"]
+        if result.weight_only_tensors:
+            notes.append(f"{result.weight_only_tensors} recurrent weight tensors int8 weight-only")
+        return Candidate(name, target, "int8", method, base.pruning_ratio, base.parameters, notes)
+
+    if "fp16" in spec.variants:
+        progress(f"{family.name}: converting fp16")
+        target = workdir / "fp16.onnx"
+        kept = to_fp16(fp32, target)
+        notes = [f"kept in fp32 on CPU: {', '.join(kept)}"] if kept else []
+        candidates.append(Candidate("fp16", target, "fp16", parameters=params, notes=notes))
+    if "int8" in spec.variants:
+        candidates.append(int8_of(candidates[0], "int8"))
+    wants_pruned = {"pruned", "pruned-int8"} & set(spec.variants)
+    if wants_pruned and module is None:
+        skipped.append("pruned: structured pruning needs a torch model, the source is ONNX")
+    elif wants_pruned and module is not None:
+        for ratio in spec.pruning_ratios:
+            name = pruned_name(ratio)
+            progress(f"{family.name}: pruning {ratio:.0%} + {spec.recover_budget_s:.0f} s recovery")
+            pruned = family.prune(copy.deepcopy(module), ratio)
+            pruned = family.recover(pruned, module, spec.recover_budget_s)
+            graph = workdir / f"{name}.onnx"
+            family.export_onnx(pruned, graph)
+            base = Candidate(name, graph, "fp32", "none", ratio, graph_parameters(graph))
+            if "pruned" in spec.variants:
+                candidates.append(base)
+            if "pruned-int8" in spec.variants:
+                candidates.append(int8_of(base, pruned_name(ratio, int8=True)))
+    if spec.tensorrt:
+        reason = tensorrt_unavailable_reason()
+        if reason is not None:
+            skipped.append(f"tensorrt: {reason}")
+    return candidates
+
+
+def _measure(
+    candidate: Candidate,
+    spec: BuildSpec,
+    family: ZooFamily,
+    items: list[Any],
+    workdir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    progress(f"{family.name}: evaluating {candidate.name}")
+    metrics = family.evaluate(onnx_graph_runner(candidate.graph), spec.eval_limit)
+    progress(f"{family.name}: profiling {candidate.name}")
+    latency = profile_latency(
+        candidate.graph,
+        family.make_task(family.assets_dir),
+        items,
+        spec.profile,
+        spec.max_batch_size,
+    )
+    feeds = dict(next(iter(family.calibration_inputs(1))))
+    resident = measure_resident_memory(candidate.graph, feeds, workdir)
+    return {"metrics": metrics, "latency": latency, "resident": resident}
+
+
+def _variant_entry(
+    c: Candidate,
+    m: dict[str, Any],
+    baseline: float,
+    spec: BuildSpec,
+    family: ZooFamily,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    staging: Path,
+) -> Variant:
+    """The manifest entry of a measured candidate; published ones are staged on disk."""
+    quality = _quality(m["metrics"], family)
+    drop = baseline - quality
+    size = c.graph.stat().st_size
+    rejected = drop > spec.max_quality_drop
+    name = model_name(family.name, c.name)
+    artifacts: list[Artifact] = []
+    if not rejected:
+        config = triton_config(name, "onnxruntime", inputs, outputs, spec.max_batch_size)
+        model_dir = stage_variant(staging, config, c.graph, family.assets_dir)
+        artifacts = [
+            Artifact(
+                path=str(f.relative_to(staging)), sha256=sha256_file(f), size_bytes=f.stat().st_size
+            )
+            for f in sorted(model_dir.rglob("*"))
+            if f.is_file()
+        ]
+    reason = f"loses {drop:.2f} points of {family.metric.name}, budget {spec.max_quality_drop:.2f}"
+    return Variant(
+        name=c.name,
+        model_name=name,
+        status="rejected" if rejected else "published",
+        rejection_reason=reason if rejected else None,
+        recommended=False,
+        precision=c.precision,
+        quantization=c.quantization,
+        pruning_ratio=c.pruning_ratio,
+        artifacts=artifacts,
+        size_bytes=size,
+        parameters=c.parameters,
+        metrics={k: round(v, 4) for k, v in m["metrics"].items()},
+        quality=round(quality, 4),
+        quality_drop=round(drop, 4),
+        latency=m["latency"],
+        resident_memory_bytes=m["resident"],
+        gpu_memory_bytes=estimate_gpu_memory(size, m["resident"]),
+        notes=c.notes,
+    )
+
+
+def build_family(
+    spec: BuildSpec,
+    family: ZooFamily,
+    source: ModelSource | None = None,
+    progress: Progress | None = None,
+    show_progress: bool = False,
+) -> BuildResult:
+    """Build, measure and publish ``family``'s variants into ``spec.repository``."""
+    say = progress or (lambda message: log.info(message))
+    source = source or ModelSource()
+    started = time.perf_counter()
+    spec.repository.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"build-{family.name}-") as tmp:
+        workdir = Path(tmp)
+        candidates = _derive(spec, family, source, workdir, say, skipped)
+        inputs, outputs = graph_io(candidates[0].graph)
+        check_contract(candidates[0].graph, [t.name for t in inputs], [t.name for t in outputs])
+        items = family.sample_items(32)
+        measured = {
+            c.name: _measure(c, spec, family, items, workdir, say)
+            for c in tqdm(
+                candidates,
+                desc=f"{family.name}: measuring",
+                unit="variant",
+                disable=not show_progress,
+            )
+        }
+        baseline = _quality(measured["fp32"]["metrics"], family)
+        staging = new_staging_dir(spec.repository, family.name)
+        variants = [
+            _variant_entry(c, measured[c.name], baseline, spec, family, inputs, outputs, staging)
+            for c in candidates
+        ]
+        best = frontier(
+            [
+                Point(v.name, v.size_bytes, v.latency[0].p95_s, v.quality)
+                for v in variants
+                if v.status == "published"
+            ]
+        )
+        variants = [v.model_copy(update={"recommended": v.name in best}) for v in variants]
+        manifest = FamilyManifest(
+            family=family.name,
+            task=family.task,
+            metric=MetricInfo(
+                name=family.metric.name, higher_is_better=family.metric.higher_is_better
+            ),
+            max_batch_size=spec.max_batch_size,
+            inputs=inputs,
+            outputs=outputs,
+            assets=sorted(p.name for p in family.assets_dir.iterdir() if p.is_file()),
+            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            source=f"{source.describe()} sha256:{sha256_file(candidates[0].graph)[:16]}",
+            variants=variants,
+        )
+        publish_family(spec.repository, family.name, staging)
+        path = write_manifest(spec.repository, manifest)
+    for reason in skipped:
+        say(f"{family.name}: skipped {reason}")
+    return BuildResult(manifest, path, skipped, time.perf_counter() - started)
+
+
+def artifact_path(repository: Path, variant: Variant) -> Path:
+    """The graph file of a published ONNX variant."""
+    return repository / variant.model_name / VERSION / ARTIFACT_FILE["onnxruntime"]
+
+
+def count_initializer_elements(graph: Path, dtype: int) -> int:
+    """Elements of initializers of one ONNX dtype (e.g. ``onnx.TensorProto.INT8``)."""
+    model = onnx.load(str(graph))
+    return sum(
+        numpy_helper.to_array(i).size for i in model.graph.initializer if i.data_type == dtype
+    )

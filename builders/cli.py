@@ -1,0 +1,153 @@
+"""``builders``: build variant ladders into a Triton repository and report on them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+DEFAULT_REPOSITORY = Path("model_repo")
+DEMO_FAMILIES = ("digits", "vision", "speech", "translation")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from builders.spec import VARIANT_KINDS
+    from builders.zoo.registry import FAMILY_NAMES
+
+    parser = argparse.ArgumentParser(prog="builders", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build one family's variants")
+    build.add_argument("--family", required=True, choices=FAMILY_NAMES)
+    build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    build.add_argument("--variants", nargs="+", default=list(VARIANT_KINDS), choices=VARIANT_KINDS)
+    build.add_argument("--pruning-ratios", nargs="+", type=float, default=[0.25, 0.5])
+    build.add_argument("--recover-budget-s", type=float, default=60.0)
+    build.add_argument(
+        "--max-quality-drop",
+        type=float,
+        default=2.0,
+        help="points of the metric a variant may lose vs fp32 (default 2)",
+    )
+    build.add_argument(
+        "--eval-limit", type=int, default=None, help="evaluate on the first N held-out items only"
+    )
+    build.add_argument(
+        "--source",
+        choices=["zoo", "torch", "torchscript", "onnx"],
+        default="zoo",
+        help="where the fp32 model comes from (default: the zoo checkpoint)",
+    )
+    build.add_argument("--model-path", type=Path, help="weights / TorchScript / ONNX file")
+    build.add_argument("--factory", help="package.module:callable building the torch module")
+
+    demo = sub.add_parser("build-demo", help="build every demo family")
+    demo.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    demo.add_argument(
+        "--if-missing", action="store_true", help="do nothing for families whose manifest exists"
+    )
+
+    report = sub.add_parser("report", help="rewrite reports from manifests and print a summary")
+    report.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+
+    flavour = sub.add_parser(
+        "python-flavour", help="write the python-backend flavour of a repository"
+    )
+    flavour.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    flavour.add_argument("--out", type=Path, required=True)
+    flavour.add_argument("--copy", action="store_true", help="copy graphs instead of linking")
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from builders.build import build_family
+    from builders.report import write_report
+    from builders.sources import ModelSource
+    from builders.spec import BuildSpec
+    from builders.zoo.registry import get_family
+
+    spec = BuildSpec(
+        family=args.family,
+        repository=args.repository,
+        variants=tuple(args.variants),
+        pruning_ratios=tuple(args.pruning_ratios),
+        recover_budget_s=args.recover_budget_s,
+        max_quality_drop=args.max_quality_drop,
+        eval_limit=args.eval_limit,
+    )
+    source = ModelSource(kind=args.source, path=args.model_path, factory=args.factory)
+    result = build_family(spec, get_family(args.family), source, tqdm.write, show_progress=True)
+    md, png = write_report(args.repository, result.manifest, result.skipped)
+    print(
+        f"{args.family}: {len(result.manifest.published())} variants published in "
+        f"{result.seconds:.0f} s; manifest {result.manifest_path}; report {md}, plot {png}"
+    )
+    return 0
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    from builders.build import build_family
+    from builders.report import write_report
+    from builders.spec import BuildSpec
+    from builders.zoo.registry import get_family
+    from gateway.manifest import manifest_path
+
+    for name in tqdm(DEMO_FAMILIES, desc="families", unit="family"):
+        if args.if_missing and manifest_path(args.repository, name).exists():
+            tqdm.write(f"{name}: manifest present, not rebuilt")
+            continue
+        spec = BuildSpec(family=name, repository=args.repository)
+        result = build_family(spec, get_family(name), progress=tqdm.write, show_progress=True)
+        write_report(args.repository, result.manifest, result.skipped)
+        tqdm.write(f"{name}: built in {result.seconds:.0f} s")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from builders.report import markdown, write_report
+    from gateway.manifest import find_manifests, load_manifest
+
+    paths = find_manifests(args.repository)
+    if not paths:
+        print(
+            f"no manifests in {args.repository}; run 'builders build-demo' first", file=sys.stderr
+        )
+        return 1
+    for path in paths:
+        manifest = load_manifest(path)
+        write_report(args.repository, manifest)
+        print(markdown(manifest))
+    return 0
+
+
+def _python_flavour(args: argparse.Namespace) -> int:
+    from builders.triton.flavour import write_python_flavour
+
+    names = write_python_flavour(args.repository, args.out, link=not args.copy)
+    print(f"wrote {len(names)} python-backend models to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``builders`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    commands = {
+        "build": _build,
+        "build-demo": _build_demo,
+        "report": _report,
+        "python-flavour": _python_flavour,
+    }
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input (unknown family, missing file, wrong shapes): say what, not a traceback.
+        print(f"builders {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Conversions from ONNX to other runtimes' formats."""
