@@ -1,0 +1,1 @@
+"""Where graphs run: the backend protocol and its implementations."""

@@ -1,0 +1,200 @@
+"""Every Prometheus series the gateway exports, in one class with an injected registry.
+
+Names carry the ``gateway_`` prefix and base units; labels are bounded: ``model`` is a
+served family (or ``_unknown``), ``variant`` a variant name of it (or empty before routing),
+``code`` a gRPC status name, ``reason`` a selection reason code. Dashboards and alert rules
+query only what is defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.manifest import Variant
+
+UNKNOWN_MODEL = "_unknown"
+"""The ``model`` label of requests naming no served family, so labels stay bounded."""
+
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class GatewayMetrics:
+    """The gateway's metrics, registered in ``registry`` (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Create and register every series."""
+        self.registry = registry
+        self.requests_total = Counter(
+            "gateway_requests_total",
+            "Requests by outcome (code is the gRPC status name, also for HTTP)",
+            ["model", "variant", "code"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_seconds",
+            "End-to-end latency of answered requests, arrival to response",
+            ["model", "variant", "protocol"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.backend_seconds = Histogram(
+            "gateway_backend_seconds",
+            "Latency of one graph run in the backend, queueing included",
+            ["model", "variant"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "gateway_batch_size",
+            "Rows per graph run in the embedded backend (requests batched together)",
+            ["model", "variant"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.budget_requests_total = Counter(
+            "gateway_budget_requests_total",
+            "Answered requests that carried a latency budget",
+            ["model"],
+            registry=registry,
+        )
+        self.budget_misses_total = Counter(
+            "gateway_budget_misses_total",
+            "Answered requests slower than their latency budget",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.selections_total = Counter(
+            "gateway_selections_total",
+            "Variant choices by reason (anything but most-accurate/pinned is a downgrade)",
+            ["model", "variant", "reason"],
+            registry=registry,
+        )
+        self.shed_total = Counter(
+            "gateway_shed_total",
+            "Requests refused for capacity (gateway, variant or queue full)",
+            ["model", "scope"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight",
+            "Requests admitted to a variant and not yet answered",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Graph runs waiting in a variant's backend queue",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_ready = Gauge(
+            "gateway_variant_ready",
+            "1 when a published variant is loaded and servable, else 0",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_size_bytes = Gauge(
+            "gateway_variant_size_bytes",
+            "Bytes of the variant's graph file (manifest)",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_parameters = Gauge(
+            "gateway_variant_parameters",
+            "Parameters of the variant (manifest)",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_quality = Gauge(
+            "gateway_variant_quality",
+            "Primary metric of the variant as higher-is-better points (manifest)",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_gpu_memory_bytes = Gauge(
+            "gateway_variant_gpu_memory_bytes",
+            "Device memory the variant needs (manifest)",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_profiled_p95_seconds = Gauge(
+            "gateway_variant_profiled_p95_seconds",
+            "Profiled p95 latency at batch 1, concurrency 1 (manifest)",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.registry_reloads_total = Counter(
+            "gateway_registry_reloads_total",
+            "Manifest (re)loads by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self._static = (
+            self.variant_ready,
+            self.variant_size_bytes,
+            self.variant_parameters,
+            self.variant_quality,
+            self.variant_gpu_memory_bytes,
+            self.variant_profiled_p95_seconds,
+            self.queue_depth,
+        )
+        self._static_labels: set[tuple[str, str]] = set()
+
+    def set_variants(
+        self,
+        variants: Iterable[tuple[str, Variant, bool]],
+        queue_depth: Callable[[str, str], int],
+    ) -> None:
+        """Replace the static per-variant gauges with the current registry's variants.
+
+        Args:
+            variants: ``(family, variant, ready)`` for every published variant.
+            queue_depth: Reads the live queue depth of ``(family, variant)`` at scrape time.
+        """
+        current: set[tuple[str, str]] = set()
+        for family, variant, ready in variants:
+            labels = (family, variant.name)
+            current.add(labels)
+            self.variant_ready.labels(*labels).set(1 if ready else 0)
+            self.variant_size_bytes.labels(*labels).set(variant.size_bytes)
+            self.variant_parameters.labels(*labels).set(variant.parameters)
+            self.variant_quality.labels(*labels).set(variant.quality)
+            self.variant_gpu_memory_bytes.labels(*labels).set(variant.gpu_memory_bytes)
+            point = variant.latency_at(1, 1)
+            if point is not None:
+                self.variant_profiled_p95_seconds.labels(*labels).set(point.p95_s)
+            self.queue_depth.labels(*labels).set_function(_reader(queue_depth, *labels))
+        for labels in self._static_labels - current:
+            for gauge in self._static:
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass  # that gauge never had this label set
+        self._static_labels = current
+
+
+def _reader(read: Callable[[str, str], int], family: str, variant: str) -> Callable[[], float]:
+    """A zero-argument gauge callback bound to one variant."""
+
+    def value() -> float:
+        return float(read(family, variant))
+
+    return value

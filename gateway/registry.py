@@ -1,0 +1,307 @@
+"""The served models: manifests read from the repository, their variants loaded in a backend.
+
+Readers take :attr:`Registry.snapshot`, an immutable view that is replaced in one assignment
+when a manifest changes, so a request never sees half a reload. On a change the new
+manifest is validated, every published variant's graph is checked against the manifest's
+hash and loaded (unchanged graphs are kept), and only then is the snapshot swapped; graphs
+that left are unloaded after a grace period, so requests already running on them finish.
+A manifest that fails validation leaves the family as it was (or, if it was never loaded,
+marks it unavailable with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.backends.base import GRAPH_FILES, Backend, ModelRef
+from gateway.errors import GatewayError
+from gateway.manifest import (
+    MANIFEST_SUFFIX,
+    FamilyManifest,
+    Variant,
+    find_manifests,
+    load_manifest,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.taskio import TaskIO, task_io
+
+log = logging.getLogger(__name__)
+
+VERSION = "1"
+"""The one model version directory of every variant."""
+
+Signature = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ServedVariant:
+    """A published variant and whether it can serve.
+
+    Attributes:
+        variant: Its manifest entry.
+        ref: The graph the backend runs for it.
+        io: Its task wire contract over its own assets (None when unavailable).
+        error: Why it cannot serve, or None when it is ready.
+    """
+
+    variant: Variant
+    ref: ModelRef
+    io: TaskIO | None
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and servable."""
+        return self.error is None and self.io is not None
+
+
+@dataclass(frozen=True)
+class ServedFamily:
+    """One family's manifest and its published variants, as currently served.
+
+    Attributes:
+        manifest: The validated manifest.
+        variants: Published variants by variant name.
+        warning: Set when a later manifest failed to load and this one stayed in service.
+    """
+
+    manifest: FamilyManifest
+    variants: Mapping[str, ServedVariant]
+    warning: str | None = None
+
+    def ready_variants(self) -> list[ServedVariant]:
+        """The variants that can serve now."""
+        return [v for v in self.variants.values() if v.ready]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of everything served.
+
+    Attributes:
+        families: Served families by name.
+        broken: Families whose manifest never loaded, with the reason.
+        loaded: False until the first scan of the repository has finished.
+    """
+
+    families: Mapping[str, ServedFamily] = field(default_factory=dict)
+    broken: Mapping[str, str] = field(default_factory=dict)
+    loaded: bool = False
+
+    def refs(self) -> Iterator[ModelRef]:
+        """Every graph this snapshot serves."""
+        for family in self.families.values():
+            for served in family.variants.values():
+                if served.ready:
+                    yield served.ref
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _family_of(path: Path) -> str:
+    return path.name[: -len(MANIFEST_SUFFIX)]
+
+
+class Registry:
+    """Reads the repository's manifests and keeps their variants loaded in a backend."""
+
+    def __init__(
+        self,
+        repository: Path,
+        backend: Backend,
+        metrics: GatewayMetrics | None = None,
+        unload_grace_s: float = 60.0,
+    ) -> None:
+        """Serve the manifests under ``repository`` through ``backend`` (nothing loads yet).
+
+        Args:
+            repository: The Triton model repository.
+            backend: Runs the variants' graphs.
+            metrics: Receives per-variant gauges and reload counts.
+            unload_grace_s: How long a replaced graph stays loaded for requests still on it.
+        """
+        self.repository = repository
+        self.backend = backend
+        self.metrics = metrics
+        self.unload_grace_s = unload_grace_s
+        self._snapshot = Snapshot()
+        self._signatures: dict[Path, Signature] = {}
+        self._lock = asyncio.Lock()
+        self._pending_unloads: set[asyncio.TimerHandle] = set()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current view; replaced atomically on reload."""
+        return self._snapshot
+
+    async def refresh(self) -> bool:
+        """Reload manifests that appeared, changed or disappeared since the last call.
+
+        Returns:
+            True if the snapshot was replaced.
+        """
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
+        paths = find_manifests(self.repository) if self.repository.is_dir() else []
+        signatures = {p: s for p in paths if (s := _signature(p)) is not None}
+        changed = [p for p, s in signatures.items() if self._signatures.get(p) != s]
+        removed = [p for p in self._signatures if p not in signatures]
+        if self._snapshot.loaded and not changed and not removed:
+            return False
+        old = self._snapshot
+        families = dict(old.families)
+        broken = dict(old.broken)
+        for path in removed:
+            families.pop(_family_of(path), None)
+            broken.pop(_family_of(path), None)
+        for path in changed:
+            name = _family_of(path)
+            try:
+                manifest = load_manifest(path)
+                if manifest.family != name:
+                    raise ValueError(f"file is named for '{name}' but holds '{manifest.family}'")
+            except (ValidationError, ValueError, OSError) as exc:
+                reason = f"invalid manifest {path.name}: {_one_line(exc)}"
+                log.error("%s", reason)
+                self._count("failed")
+                if name in families:
+                    families[name] = ServedFamily(
+                        families[name].manifest, families[name].variants, warning=reason
+                    )
+                else:
+                    broken[name] = reason
+                continue
+            families[name] = await self._load_family(manifest, families.get(name))
+            broken.pop(name, None)
+            self._count("loaded")
+        new = Snapshot(families, broken, loaded=True)
+        self._snapshot = new
+        self._signatures = signatures
+        self._retire(set(old.refs()) - set(new.refs()))
+        self._publish_metrics()
+        log.info(
+            "registry: %d families (%s), %d broken",
+            len(families),
+            ", ".join(sorted(families)),
+            len(broken),
+        )
+        return True
+
+    async def _load_family(
+        self, manifest: FamilyManifest, old: ServedFamily | None
+    ) -> ServedFamily:
+        loaded = await asyncio.gather(
+            *(self._load_variant(manifest, v, old) for v in manifest.published())
+        )
+        return ServedFamily(manifest, {s.variant.name: s for s in loaded})
+
+    async def _load_variant(
+        self, manifest: FamilyManifest, variant: Variant, old: ServedFamily | None
+    ) -> ServedVariant:
+        version_dir = self.repository / variant.model_name / VERSION
+        graph = version_dir / GRAPH_FILES[variant.runtime]
+        relative = graph.relative_to(self.repository).as_posix()
+        sha = next((a.sha256 for a in variant.artifacts if a.path == relative), "")
+        ref = ModelRef(variant.model_name, graph, sha, manifest.max_batch_size)
+        previous = old.variants.get(variant.name) if old else None
+        if previous is not None and previous.ready and previous.ref == ref:
+            return ServedVariant(variant, ref, previous.io)
+        loop = asyncio.get_running_loop()
+        try:
+            if variant.runtime != "onnx":
+                raise ValueError(f"runtime '{variant.runtime}' is not served by this gateway")
+            if not graph.is_file():
+                raise ValueError(f"graph file {relative} is missing")
+            if sha and await loop.run_in_executor(None, _sha256, graph) != sha:
+                raise ValueError(f"graph file {relative} does not match the manifest's sha256")
+            io = await loop.run_in_executor(None, task_io, manifest.task, version_dir)
+            await self.backend.load(ref)
+        except (ValueError, OSError, GatewayError) as exc:
+            reason = _one_line(exc)
+            log.error("%s: not servable: %s", variant.model_name, reason)
+            return ServedVariant(variant, ref, None, error=reason)
+        return ServedVariant(variant, ref, io)
+
+    def _retire(self, refs: set[ModelRef]) -> None:
+        """Unload graphs no longer served, once requests already on them had time to end."""
+        if not refs:
+            return
+        loop = asyncio.get_running_loop()
+
+        def unload() -> None:
+            self._pending_unloads.discard(handle)
+            for ref in refs:
+                loop.create_task(self.backend.unload(ref))
+
+        handle = loop.call_later(self.unload_grace_s, unload)
+        self._pending_unloads.add(handle)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.registry_reloads_total.labels(outcome).inc()
+
+    def _publish_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        snapshot = self._snapshot
+
+        def depth(family: str, variant: str) -> int:
+            served = snapshot.families.get(family)
+            entry = served.variants.get(variant) if served else None
+            return self.backend.queue_depth(entry.ref) if entry else 0
+
+        self.metrics.set_variants(
+            (
+                (name, served.variant, served.ready)
+                for name, family in snapshot.families.items()
+                for served in family.variants.values()
+            ),
+            depth,
+        )
+
+    async def watch(self, interval_s: float) -> None:
+        """Check for manifest changes every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # a bad reload must never stop the watcher
+                log.exception("registry refresh failed")
+
+    async def close(self) -> None:
+        """Cancel pending unloads; the backend's own close releases the graphs."""
+        for handle in self._pending_unloads:
+            handle.cancel()
+        self._pending_unloads.clear()
+        with contextlib.suppress(Exception):
+            for ref in list(self._snapshot.refs()):
+                await self.backend.unload(ref)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -1,0 +1,1 @@
+"""Choosing a variant per request: live statistics and the pure selector."""

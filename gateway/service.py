@@ -1,0 +1,156 @@
+"""The whole gateway in one asyncio loop: registry, backend, data plane, gRPC and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from gateway.backends.base import Backend, ModelRef
+from gateway.backends.embedded import EmbeddedBackend
+from gateway.config import GatewaySettings
+from gateway.dataplane import DataPlane
+from gateway.grpc.server import start_grpc_server
+from gateway.http.app import create_app
+from gateway.manifest import split_model_name
+from gateway.metrics import GatewayMetrics
+from gateway.registry import Registry
+from gateway.routing.live import Clock
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """Uvicorn without its own signal handling: the gateway owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it a response written in two parts waits for a delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class Gateway:
+    """Starts and stops everything one gateway process runs.
+
+    ``registry``, ``backend`` and ``clock`` are seams: tests pass a fresh Prometheus
+    registry, and a Triton backend can replace the embedded one.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        backend: Backend | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        """Prepare the gateway; nothing starts until :meth:`start`."""
+        self.settings = settings
+        self.metrics = GatewayMetrics(registry or CollectorRegistry())
+        self.backend: Backend = backend or EmbeddedBackend(
+            inference_threads=settings.inference_threads,
+            intra_op_threads=settings.intra_op_threads,
+            variant_concurrency=settings.variant_concurrency,
+            max_queue=settings.max_queue_per_variant,
+            max_batch_delay_s=settings.max_batch_delay_s,
+            providers=settings.execution_providers,
+            clock=clock,
+            on_batch=self._record_batch,
+        )
+        self.registry = Registry(
+            settings.repository,
+            self.backend,
+            self.metrics,
+            unload_grace_s=settings.request_timeout_s,
+        )
+        self.dataplane = DataPlane(self.registry, self.backend, settings, self.metrics, clock=clock)
+        self.http_port = 0
+        self.grpc_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def _record_batch(self, ref: ModelRef, rows: int) -> None:
+        family, variant = split_model_name(ref.model_name)
+        self.metrics.batch_size.labels(family, variant or "").observe(rows)
+
+    async def start(self) -> None:
+        """Load the repository, then start both servers; ports are known afterwards.
+
+        Raises:
+            OSError: A port could not be bound (everything started is stopped again).
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        await self.registry.refresh()
+        self._grpc, self.grpc_port = await start_grpc_server(
+            self.dataplane, s.host, s.grpc_port, s.max_payload_bytes
+        )
+        sock = _bind(s.host, s.http_port)
+        self.http_port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            create_app(self.dataplane, self.metrics, s),
+            log_level=s.log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
+        )
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # re-raise why it stopped
+                raise RuntimeError("the HTTP server stopped during startup")
+            await asyncio.sleep(0.01)
+        if s.reload_interval_s > 0:
+            self._watch_task = asyncio.create_task(self.registry.watch(s.reload_interval_s))
+        log.info(
+            "gateway serving http=%s:%d grpc=%s:%d", s.host, self.http_port, s.host, self.grpc_port
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting requests, let in-flight ones finish (up to the grace), release all."""
+        grace_s = self.settings.shutdown_grace_s
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        waits = []
+        if self._grpc is not None:
+            waits.append(self._grpc.stop(grace_s))
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            waits.append(self._http_task)
+        await asyncio.gather(*waits, return_exceptions=True)
+        await self.registry.close()
+        await self.dataplane.close()
+        await self.backend.close()
+        log.info("gateway stopped")
