@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
+from torch import nn
 from tqdm import tqdm
 
 from builders.convert.onnx2trt import tensorrt_unavailable_reason
@@ -111,6 +113,39 @@ def graph_io(graph: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, [spec(v) for v in model.graph.output]
 
 
+def zoo_contract(family: ZooFamily, workdir: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The family's tensor contract, as the zoo model's own export defines it."""
+    reference = workdir / "zoo-contract.onnx"
+    if not reference.exists():
+        family.export_onnx(family.load(), reference)
+    return graph_io(reference)
+
+
+def export_like_zoo(module: nn.Module, family: ZooFamily, path: Path, workdir: Path) -> None:
+    """Export a user's module with the zoo graph's I/O names and dynamic axes.
+
+    A user module that follows the family's contract is traced on a calibration batch and
+    exported with the same names.
+    """
+    inputs, outputs = zoo_contract(family, workdir)
+    feeds = dict(next(iter(family.calibration_inputs(1))))
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in inputs)
+    dynamic = {
+        t.name: {0: "batch", **{i + 1: f"{t.name}_{i + 1}" for i, d in enumerate(t.dims) if d < 0}}
+        for t in [*inputs, *outputs]
+    }
+    torch.onnx.export(
+        module.eval(),
+        args,
+        str(path),
+        input_names=[t.name for t in inputs],
+        output_names=[t.name for t in outputs],
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
+    )
+
+
 def _quality(metrics: dict[str, float], family: ZooFamily) -> float:
     value = metrics[family.metric.name]
     return value if family.metric.higher_is_better else 100.0 - value
@@ -127,11 +162,14 @@ def _derive(
     """fp32 export and every derived graph the spec asks for."""
     module = load_torch_module(source, family)
     fp32 = workdir / "fp32.onnx"
+    zoo_class = type(family.load())
     if module is None:
         assert source.path is not None
         fp32.write_bytes(source.path.read_bytes())
-    else:
+    elif isinstance(module, zoo_class):
         family.export_onnx(module, fp32)
+    else:
+        export_like_zoo(module, family, fp32, workdir)
     params = graph_parameters(fp32)
     candidates = [Candidate("fp32", fp32, "fp32", parameters=params)]
     method: QuantizationMethod = "dynamic" if "LSTM" in op_types(fp32) else "static-qdq"
@@ -156,6 +194,12 @@ def _derive(
     wants_pruned = {"pruned", "pruned-int8"} & set(spec.variants)
     if wants_pruned and module is None:
         skipped.append("pruned: structured pruning needs a torch model, the source is ONNX")
+    elif wants_pruned and not isinstance(module, zoo_class):
+        # Structured pruning edits a known architecture; a foreign module has none we know.
+        skipped.append(
+            f"pruned: structured pruning knows the zoo's {family.name} architecture, "
+            f"not {type(module).__name__}"
+        )
     elif wants_pruned and module is not None:
         for ratio in spec.pruning_ratios:
             name = pruned_name(ratio)
@@ -266,7 +310,11 @@ def build_family(
         workdir = Path(tmp)
         candidates = _derive(spec, family, source, workdir, say, skipped)
         inputs, outputs = graph_io(candidates[0].graph)
-        check_contract(candidates[0].graph, [t.name for t in inputs], [t.name for t in outputs])
+        if source.kind != "zoo":
+            want_in, want_out = zoo_contract(family, workdir)
+            check_contract(
+                candidates[0].graph, [t.name for t in want_in], [t.name for t in want_out]
+            )
         items = family.sample_items(32)
         measured = {
             c.name: _measure(c, spec, family, items, workdir, say)

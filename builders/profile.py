@@ -109,17 +109,20 @@ _MEMORY_SCRIPT = """
 import json, resource, sys
 import numpy as np
 import onnxruntime as ort
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def current_rss_kib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+before = current_rss_kib()
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 feeds = dict(np.load(sys.argv[2]))
 session.run(None, feeds)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"resident_bytes": (after - before) * 1024}))
+after = current_rss_kib()
+print(json.dumps({"resident_bytes": max(after - before, 0) * 1024}))
 """
 
 
 def measure_resident_memory(graph: Path, inputs: dict[str, Any], workdir: Path) -> int:
-    """Peak resident-memory growth of loading the graph and running one batch, in bytes.
+    """Resident-memory growth of loading the graph and running one batch, in bytes.
 
     Measured in a fresh child process so earlier variants do not hide this one's peak.
     """

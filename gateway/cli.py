@@ -30,6 +30,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = any free)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = any free)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--backend", choices=["embedded", "triton"], help="where graphs run (default embedded)"
+    )
+    serve.add_argument(
+        "--triton-url",
+        action="append",
+        dest="triton_urls",
+        metavar="HOST:PORT",
+        help="gRPC address of a Triton server; repeat for replicas",
+    )
+    serve.add_argument(
+        "--triton-metrics-url",
+        action="append",
+        dest="triton_metrics_urls",
+        metavar="URL",
+        help="metrics URL of each Triton server, in the same order",
+    )
+    serve.add_argument(
+        "--triton-gpu-memory-budget-mb",
+        type=float,
+        help="GPU memory (MiB) per Triton server for variants loaded on demand",
+    )
     return parser
 
 
@@ -67,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             "http_port": args.http_port,
             "grpc_port": args.grpc_port,
             "log_level": args.log_level,
+            "backend": args.backend,
+            "triton_urls": args.triton_urls,
+            "triton_metrics_urls": args.triton_metrics_urls,
+            "triton_gpu_memory_budget_mb": args.triton_gpu_memory_budget_mb,
         }.items()
         if value is not None
     }

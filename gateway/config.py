@@ -65,6 +65,33 @@ class GatewaySettings(BaseSettings):
     observed_weight: float = Field(0.5, ge=0, le=1)
     """Weight of the observed p95 against the profiled one at full sample count."""
 
+    backend: Literal["embedded", "triton"] = "embedded"
+    """Where graphs run: ``embedded`` ONNX Runtime in this process, or ``triton`` servers."""
+    triton_urls: tuple[str, ...] = ()
+    """gRPC ``host:port`` of each Triton server (replicas serving the same repository)."""
+    triton_metrics_urls: tuple[str, ...] = ()
+    """Triton metrics endpoints (``http://host:8002/metrics``), one per ``triton_urls`` entry
+    in the same order, polled for queue time and inference counts; empty: not polled."""
+    triton_explicit_model_control: bool = True
+    """The servers run with ``--model-control-mode=explicit``, so the gateway loads and
+    unloads variants; otherwise they hold their whole repository and the gateway only reads
+    readiness."""
+    triton_gpu_memory_budget_mb: float | None = Field(None, gt=0)
+    """GPU memory (MiB) each Triton server may give to variants, counted with the manifests'
+    ``gpu_memory_bytes``; variants load on demand within it. None loads every variant."""
+    triton_fallback_embedded: bool = False
+    """Also hold every variant in the embedded backend, which serves when no Triton server
+    can (costs the memory of every variant in the gateway process)."""
+    triton_channels_per_server: int = Field(2, ge=1, le=16)
+    """gRPC connections kept to each Triton server; requests spread over them."""
+    triton_probe_interval_s: float = Field(1.0, gt=0, le=60)
+    """How often each server's liveness is checked (and its metrics polled); a server that
+    misses two checks in a row, or refuses connections, is unhealthy until it answers."""
+    triton_load_timeout_s: float = Field(120.0, gt=0)
+    """Time one variant load on a Triton server may take."""
+    triton_demand_window_s: float = Field(30.0, gt=0)
+    """Time constant of the decaying demand count that decides which variants stay loaded."""
+
     reload_interval_s: float = Field(2.0, ge=0)
     """How often manifests are checked for changes; 0 disables reloading."""
     shutdown_grace_s: float = Field(5.0, ge=0)
@@ -83,6 +110,18 @@ class GatewaySettings(BaseSettings):
             )
         if not self.execution_providers:
             raise ValueError("execution_providers must name at least one provider")
+        if self.backend == "triton" and not self.triton_urls:
+            raise ValueError("backend 'triton' needs at least one server in triton_urls")
+        if self.triton_metrics_urls and len(self.triton_metrics_urls) != len(self.triton_urls):
+            raise ValueError(
+                f"triton_metrics_urls has {len(self.triton_metrics_urls)} entries, "
+                f"triton_urls {len(self.triton_urls)}: give one per server or none"
+            )
+        if self.triton_gpu_memory_budget_mb is not None and not self.triton_explicit_model_control:
+            raise ValueError(
+                "triton_gpu_memory_budget_mb needs triton_explicit_model_control: the gateway "
+                "can only keep to a budget on servers it may load and unload models on"
+            )
         return self
 
     @property
@@ -95,6 +134,12 @@ class GatewaySettings(BaseSettings):
     def default_gpu_memory_budget_bytes(self) -> int | None:
         """The default GPU-memory budget in bytes."""
         mb = self.default_gpu_memory_budget_mb
+        return None if mb is None else int(mb * MIB)
+
+    @property
+    def triton_gpu_memory_budget_bytes(self) -> int | None:
+        """The per-server Triton GPU-memory budget in bytes (None: unbounded)."""
+        mb = self.triton_gpu_memory_budget_mb
         return None if mb is None else int(mb * MIB)
 
     @property

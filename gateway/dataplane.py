@@ -7,6 +7,11 @@ Both transports convert their wire format into an :class:`InferRequest`, call
 A request's task code (decoding, features, the translation decode loop) runs on a bounded
 thread pool; each graph call it makes hops back to the event loop into the backend, where
 concurrent requests to the same variant are batched.
+
+With a backend that places variants itself (Triton within a GPU-memory budget), the variant
+the selector picks among all servable ones is the request's *demand*, reported to the
+backend; the request then runs on the best-ranked variant that is resident (reason
+``loading`` when that is not the one demanded), or waits within its deadline for a load.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, Lease, PlacingBackend
 from gateway.budget import parse_budget, parse_timeout_s, task_parameters
 from gateway.config import GatewaySettings
 from gateway.errors import (
@@ -43,6 +48,8 @@ ROUTER_PLATFORM = "variant-router"
 """``platform`` reported for a family name, which routes across variants."""
 VARIANT_PLATFORM = "onnxruntime_onnx"
 """``platform`` reported for a pinned variant name."""
+LOADING = "loading"
+"""Selection reason: a more accurate variant fits but is still being loaded."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +117,15 @@ class DataPlane:
             settings.task_threads, thread_name_prefix="gateway-task"
         )
         self._in_flight = 0
+        self._placing = backend if isinstance(backend, PlacingBackend) else None
 
     # -- health and metadata -------------------------------------------------------------
 
     def is_ready(self) -> bool:
         """The repository has been read and at least one family can serve."""
         snapshot = self.registry.snapshot
+        if self._placing is not None and not self._placing.is_serving():
+            return False
         return snapshot.loaded and any(f.ready_variants() for f in snapshot.families.values())
 
     def _resolve(self, name: str, version: str) -> tuple[ServedFamily, str | None]:
@@ -277,6 +287,8 @@ class DataPlane:
             budget = budget.tightened(Budget(latency_budget_s=client_timeout_s))
 
         candidates = self._candidates(family, pin)
+        if self._placing is not None:
+            candidates = self._holdable(family, candidates, self._placing)
         io = candidates[0].io
         assert io is not None  # candidates are ready, so their io is loaded
         items = io.items(_by_name(request.inputs))
@@ -299,19 +311,37 @@ class DataPlane:
         except CapacityExhaustedError:
             self.metrics.shed_total.labels(labels.model, "variants").inc()
             raise
+        by_name = {c.variant.name: c for c in candidates}
         top = choice.ranked[0]
-        served = next(c for c in candidates if c.variant.name == top.variant.name)
+        served = by_name[top.variant.name]
+        reason, detail = choice.reason, choice.detail
+        lease: Lease | None = None
+        if self._placing is not None:
+            ranked = [by_name[r.variant.name] for r in choice.ranked]
+            lease = await self._lease(self._placing, ranked, deadline_s)
+            if lease.ref != served.ref:
+                i = next(i for i, c in enumerate(ranked) if c.ref == lease.ref)
+                reason = LOADING
+                detail = (
+                    f"{served.variant.name} is being loaded; "
+                    f"{ranked[i].variant.name} serves meanwhile"
+                )
+                top, served = choice.ranked[i], ranked[i]
         labels.variant = served.variant.name
-        self.metrics.selections_total.labels(labels.model, labels.variant, choice.reason).inc()
+        self.metrics.selections_total.labels(labels.model, labels.variant, reason).inc()
 
-        outputs = await self._run(served, items, options, deadline_s, labels)
+        try:
+            outputs = await self._run(served, items, options, deadline_s, labels, lease)
+        finally:
+            if lease is not None and self._placing is not None:
+                self._placing.release(lease)
         if wanted is not None:
             outputs = [o for o in outputs if o.name in wanted]
         selection = Selection(
             variant=served.variant.name,
             model_name=served.variant.model_name,
-            reason=choice.reason,
-            detail=choice.detail,
+            reason=reason,
+            detail=detail,
             predicted_latency_s=top.predicted_latency_s,
         )
         response = InferResponse(
@@ -340,6 +370,27 @@ class DataPlane:
             )
         return ready
 
+    @staticmethod
+    def _holdable(
+        family: ServedFamily, candidates: list[ServedVariant], placing: PlacingBackend
+    ) -> list[ServedVariant]:
+        """The candidates the backend could ever make resident."""
+        holdable = [c for c in candidates if placing.can_hold(c.ref)]
+        if not holdable:
+            names = ", ".join(c.variant.name for c in candidates)
+            raise VariantUnavailableError(
+                f"no variant of '{family.manifest.family}' ({names}) fits the backend's "
+                "GPU-memory budget"
+            )
+        return holdable
+
+    async def _lease(
+        self, placing: PlacingBackend, ranked: list[ServedVariant], deadline_s: float
+    ) -> Lease:
+        """Report the demand for ``ranked[0]`` and lease the best resident of ``ranked``."""
+        placing.note_demand(ranked[0].ref)
+        return await placing.acquire([c.ref for c in ranked], deadline_s - self.clock())
+
     async def _run(
         self,
         served: ServedVariant,
@@ -347,6 +398,7 @@ class DataPlane:
         options: Mapping[str, Any],
         deadline_s: float,
         labels: _Labels,
+        lease: Lease | None = None,
     ) -> list[NamedTensor]:
         """Run the task for ``items`` on one variant, its graph calls through the backend."""
         io = served.io
@@ -358,6 +410,8 @@ class DataPlane:
         async def timed_run(inputs: Mapping[str, Tensor], timeout_s: float) -> dict[str, Tensor]:
             t0 = self.clock()
             try:
+                if lease is not None and self._placing is not None:
+                    return await self._placing.run_leased(lease, inputs, timeout_s)
                 return await self.backend.run(served.ref, inputs, timeout_s)
             except CapacityExhaustedError:
                 self.metrics.shed_total.labels(labels.model, "queue").inc()

@@ -147,6 +147,58 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        # The Triton backend (servers are the configured URLs; "embedded" is the fallback).
+        self.triton_server_healthy = Gauge(
+            "gateway_triton_server_healthy",
+            "1 while a Triton server answers its probes, else 0",
+            ["server"],
+            registry=registry,
+        )
+        self.triton_gpu_memory_budget_bytes = Gauge(
+            "gateway_triton_gpu_memory_budget_bytes",
+            "GPU memory a Triton server may give to variants (manifest figures)",
+            ["server"],
+            registry=registry,
+        )
+        self.triton_resident_bytes = Gauge(
+            "gateway_triton_resident_bytes",
+            "GPU memory of the variants a Triton server holds, loads or drains (manifest)",
+            ["server"],
+            registry=registry,
+        )
+        self.triton_variant_resident = Gauge(
+            "gateway_triton_variant_resident",
+            "1 while a variant is loaded and takes requests on a Triton server, else 0",
+            ["server", "model", "variant"],
+            registry=registry,
+        )
+        self.triton_loads_total = Counter(
+            "gateway_triton_loads_total",
+            "Variant loads on Triton servers by reason (startup, recovery, demand, urgent) "
+            "and outcome (ok, failed)",
+            ["server", "model", "variant", "reason", "outcome"],
+            registry=registry,
+        )
+        self.triton_unloads_total = Counter(
+            "gateway_triton_unloads_total",
+            "Variant unloads on Triton servers by reason (evicted, retired)",
+            ["server", "model", "variant", "reason"],
+            registry=registry,
+        )
+        self.triton_runs_total = Counter(
+            "gateway_triton_runs_total",
+            "Graph runs sent to Triton servers (or the embedded fallback) by outcome "
+            "(ok, failover: retried elsewhere, error)",
+            ["server", "model", "variant", "outcome"],
+            registry=registry,
+        )
+        self.triton_queue_seconds = Gauge(
+            "gateway_triton_queue_seconds",
+            "Mean time a request waited in a Triton server's queue, between its last two "
+            "metrics polls",
+            ["server", "model", "variant"],
+            registry=registry,
+        )
         self._static = (
             self.variant_ready,
             self.variant_size_bytes,

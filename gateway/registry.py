@@ -12,7 +12,6 @@ marks it unavailable with the reason).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping
@@ -226,7 +225,9 @@ class Registry:
         graph = version_dir / GRAPH_FILES[variant.runtime]
         relative = graph.relative_to(self.repository).as_posix()
         sha = next((a.sha256 for a in variant.artifacts if a.path == relative), "")
-        ref = ModelRef(variant.model_name, graph, sha, manifest.max_batch_size)
+        ref = ModelRef(
+            variant.model_name, graph, sha, manifest.max_batch_size, variant.gpu_memory_bytes
+        )
         previous = old.variants.get(variant.name) if old else None
         if previous is not None and previous.ready and previous.ref == ref:
             return ServedVariant(variant, ref, previous.io)
@@ -293,13 +294,14 @@ class Registry:
                 log.exception("registry refresh failed")
 
     async def close(self) -> None:
-        """Cancel pending unloads; the backend's own close releases the graphs."""
+        """Cancel pending unloads; the backend's own close releases the graphs.
+
+        Nothing is unloaded here: a Triton server may serve other gateways, and the
+        embedded backend releases everything when it closes.
+        """
         for handle in self._pending_unloads:
             handle.cancel()
         self._pending_unloads.clear()
-        with contextlib.suppress(Exception):
-            for ref in list(self._snapshot.refs()):
-                await self.backend.unload(ref)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.backends.base import Backend, ModelRef
 from gateway.backends.embedded import EmbeddedBackend
+from gateway.backends.triton import TritonBackend
 from gateway.config import GatewaySettings
 from gateway.dataplane import DataPlane
 from gateway.grpc.server import start_grpc_server
@@ -54,7 +55,8 @@ class Gateway:
     """Starts and stops everything one gateway process runs.
 
     ``registry``, ``backend`` and ``clock`` are seams: tests pass a fresh Prometheus
-    registry, and a Triton backend can replace the embedded one.
+    registry, and any backend can replace the one the settings describe (``backend:
+    embedded`` or ``triton``).
     """
 
     def __init__(
@@ -68,16 +70,7 @@ class Gateway:
         """Prepare the gateway; nothing starts until :meth:`start`."""
         self.settings = settings
         self.metrics = GatewayMetrics(registry or CollectorRegistry())
-        self.backend: Backend = backend or EmbeddedBackend(
-            inference_threads=settings.inference_threads,
-            intra_op_threads=settings.intra_op_threads,
-            variant_concurrency=settings.variant_concurrency,
-            max_queue=settings.max_queue_per_variant,
-            max_batch_delay_s=settings.max_batch_delay_s,
-            providers=settings.execution_providers,
-            clock=clock,
-            on_batch=self._record_batch,
-        )
+        self.backend: Backend = backend or self._backend(settings, clock)
         self.registry = Registry(
             settings.repository,
             self.backend,
@@ -91,6 +84,37 @@ class Gateway:
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+
+    def _embedded(self, settings: GatewaySettings, clock: Clock) -> EmbeddedBackend:
+        return EmbeddedBackend(
+            inference_threads=settings.inference_threads,
+            intra_op_threads=settings.intra_op_threads,
+            variant_concurrency=settings.variant_concurrency,
+            max_queue=settings.max_queue_per_variant,
+            max_batch_delay_s=settings.max_batch_delay_s,
+            providers=settings.execution_providers,
+            clock=clock,
+            on_batch=self._record_batch,
+        )
+
+    def _backend(self, settings: GatewaySettings, clock: Clock) -> Backend:
+        if settings.backend == "embedded":
+            return self._embedded(settings, clock)
+        # No channel opens here: gRPC aio objects belong to the loop that creates them, and
+        # the loop that will serve is the one running start().
+        return TritonBackend(
+            settings.triton_urls,
+            metrics_urls=settings.triton_metrics_urls,
+            explicit_model_control=settings.triton_explicit_model_control,
+            gpu_memory_budget_bytes=settings.triton_gpu_memory_budget_bytes,
+            fallback=self._embedded(settings, clock) if settings.triton_fallback_embedded else None,
+            channels_per_server=settings.triton_channels_per_server,
+            probe_interval_s=settings.triton_probe_interval_s,
+            load_timeout_s=settings.triton_load_timeout_s,
+            demand_window_s=settings.triton_demand_window_s,
+            metrics=self.metrics,
+            clock=clock,
+        )
 
     def _record_batch(self, ref: ModelRef, rows: int) -> None:
         family, variant = split_model_name(ref.model_name)
@@ -110,6 +134,8 @@ class Gateway:
 
     async def _start(self) -> None:
         s = self.settings
+        if isinstance(self.backend, TritonBackend):
+            await self.backend.start()
         await self.registry.refresh()
         self._grpc, self.grpc_port = await start_grpc_server(
             self.dataplane, s.host, s.grpc_port, s.max_payload_bytes

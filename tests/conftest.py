@@ -7,6 +7,11 @@ registry, and stops it after the test. Tests drive it with real clients over the
     def test_real_repo(gateway_factory):
         gw = gateway_factory(Path("model_repo"))
         client = tritonclient.grpc.InferenceServerClient(gw.grpc_url)
+
+``triton_factory(repository, **options)`` starts the real ``tritonserver`` shipped in
+nvidia-pytriton on loopback ports, serving the python-backend flavour of a built
+repository, and stops it after the test. ``quick_repository`` is a real repository built
+once per session from the committed zoo checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from builders.triton.flavour import write_python_flavour
+from builders.triton.server import TritonServer
 from gateway.config import GatewaySettings
 from gateway.service import Gateway
 
@@ -131,3 +138,71 @@ def session_gateway_factory() -> Iterator[Callable[..., GatewayThread]]:
     """Like ``gateway_factory``, but the gateways live until the end of the session."""
     with _launcher() as start:
         yield start
+
+
+@pytest.fixture(scope="module")
+def module_gateway_factory() -> Iterator[Callable[..., GatewayThread]]:
+    """Like ``gateway_factory``, but the gateways live until the end of the module."""
+    with _launcher() as start:
+        yield start
+
+
+def python_flavour(
+    repository: Path, out_dir: Path, families: tuple[str, ...] | None = None
+) -> Path:
+    """The python-backend flavour of ``repository`` (what this Triton build can load)."""
+    names = write_python_flavour(repository, out_dir, families=families)
+    assert names, f"no published ONNX variants in {repository}"
+    return out_dir
+
+
+@contextmanager
+def _tritons() -> Iterator[Callable[..., TritonServer]]:
+    started: list[TritonServer] = []
+
+    def start(flavour: Path, **options: Any) -> TritonServer:
+        server = TritonServer(flavour, startup_timeout_s=120, **options)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def triton_factory() -> Iterator[Callable[..., TritonServer]]:
+    """Start real Triton servers on a python-backend flavour; all stop after the test."""
+    with _tritons() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_triton_factory() -> Iterator[Callable[..., TritonServer]]:
+    """Like ``triton_factory``, but the servers live until the end of the module."""
+    with _tritons() as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def quick_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real repository of every zoo family whose checkpoint is committed, built once.
+
+    Same builders as ``builders build-demo`` with short settings
+    (tests/support/quick_repository.py); takes a few minutes.
+    """
+    from builders.zoo.registry import FAMILY_NAMES
+    from tests.support.quick_repository import FAMILIES, build_quick_repository
+
+    zoo = Path(__file__).resolve().parents[1] / "builders" / "zoo"
+    present = tuple(
+        f
+        for f in FAMILIES
+        if f in FAMILY_NAMES and (zoo / f / "checkpoint" / "metrics.json").is_file()
+    )
+    repository = tmp_path_factory.mktemp("quick") / "model_repo"
+    repository.mkdir()
+    build_quick_repository(repository, present)
+    return repository

@@ -7,21 +7,28 @@ whose ``model.py`` runs the same ``model.onnx`` through ONNX Runtime.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from builders.repository import ARTIFACT_FILE, VERSION, config_text, triton_config
-from gateway.manifest import find_manifests, load_manifest
+from gateway.manifest import MANIFEST_SUFFIX, TensorSpec, find_manifests, load_manifest
 
 PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 
 
-def write_python_flavour(repository: Path, out_dir: Path, link: bool = True) -> list[str]:
+def write_python_flavour(
+    repository: Path,
+    out_dir: Path,
+    link: bool = True,
+    families: Collection[str] | None = None,
+) -> list[str]:
     """Write the python-backend flavour of ``repository`` into ``out_dir``.
 
     Args:
         repository: a repository written by the builders (configs + manifests).
         out_dir: target directory, created if missing; existing model dirs are replaced.
         link: symlink graphs instead of copying them (Triton follows links).
+        families: only these families (their manifests alone are read); None: all.
 
     Returns:
         The model names written.
@@ -29,6 +36,8 @@ def write_python_flavour(repository: Path, out_dir: Path, link: bool = True) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     for path in find_manifests(repository):
+        if families is not None and path.name.removesuffix(MANIFEST_SUFFIX) not in families:
+            continue
         manifest = load_manifest(path)
         for variant in manifest.published():
             if variant.runtime != "onnx":
@@ -42,8 +51,8 @@ def write_python_flavour(repository: Path, out_dir: Path, link: bool = True) -> 
             config = triton_config(
                 variant.model_name,
                 "python",
-                manifest.inputs,
-                manifest.outputs,
+                _with_batch_dim(manifest.inputs, manifest.max_batch_size),
+                _with_batch_dim(manifest.outputs, manifest.max_batch_size),
                 manifest.max_batch_size,
             )
             (target_dir / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
@@ -55,3 +64,13 @@ def write_python_flavour(repository: Path, out_dir: Path, link: bool = True) -> 
                 shutil.copyfile(source, graph)
             written.append(variant.model_name)
     return written
+
+
+def _with_batch_dim(specs: Sequence[TensorSpec], max_batch_size: int) -> list[TensorSpec]:
+    """Manifest dims exclude the batch dimension; without batching Triton wants it in dims.
+
+    The graphs keep their batch dimension either way, and the gateway always sends one.
+    """
+    if max_batch_size > 0:
+        return list(specs)
+    return [spec.model_copy(update={"dims": [-1, *spec.dims]}) for spec in specs]

@@ -7,10 +7,10 @@ interchangeable. Everything is async so a network backend fits the same shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.tasks.base import Tensor
 
@@ -30,12 +30,15 @@ class ModelRef:
         graph_path: The graph file (``<repo>/<model_name>/1/model.onnx``).
         sha256: Content hash of the graph file, from the manifest.
         max_batch_size: Rows one graph run may take; 0 disables batching across requests.
+        gpu_memory_bytes: Device memory the variant needs (manifest), which a backend with a
+            GPU-memory budget counts.
     """
 
     model_name: str
     graph_path: Path
     sha256: str
     max_batch_size: int
+    gpu_memory_bytes: int = 0
 
 
 class Backend(Protocol):
@@ -70,4 +73,60 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Unload everything and stop worker threads."""
+        ...
+
+
+@dataclass(eq=False)
+class Lease:
+    """A request's claim on a variant where it is resident; it is not unloaded while held.
+
+    Attributes:
+        ref: The variant the request runs on.
+        holder: Where it is resident (a server's address), or "" for a fallback backend.
+    """
+
+    ref: ModelRef
+    holder: str
+
+
+@runtime_checkable
+class PlacingBackend(Backend, Protocol):
+    """A backend that decides itself which variants are resident.
+
+    E.g. Triton servers within a GPU-memory budget: the data plane reports demand and runs
+    requests under leases. ``load`` makes a variant *servable* (known, loadable); whether
+    it is *resident* now is the backend's choice, driven by ``note_demand``.
+    """
+
+    def can_hold(self, ref: ModelRef) -> bool:
+        """Whether ``ref`` could ever be resident (it fits a server's budget, or a fallback)."""
+        ...
+
+    def is_serving(self) -> bool:
+        """Whether anything can run requests now (a healthy server or a fallback)."""
+        ...
+
+    def note_demand(self, ref: ModelRef) -> None:
+        """A request would run best on ``ref``; the backend may load it (in the background)."""
+        ...
+
+    async def acquire(self, refs: Sequence[ModelRef], timeout_s: float) -> Lease:
+        """Lease the first of ``refs`` (best first) that is resident.
+
+        If none is, waits up to ``timeout_s`` seconds for one to load.
+
+        Raises:
+            BackendTimeoutError: None became resident in time.
+            VariantUnavailableError: None can become resident (no server, failed loads).
+        """
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """End a lease taken by :meth:`acquire`."""
+        ...
+
+    async def run_leased(
+        self, lease: Lease, inputs: Mapping[str, Tensor], timeout_s: float | None = None
+    ) -> dict[str, Tensor]:
+        """Like ``run``, preferring the lease's holder (and failing over as ``run`` does)."""
         ...

@@ -1,0 +1,1 @@
+"""The ``digits`` family: a small CNN trained on scikit-learn's 8×8 handwritten digits."""

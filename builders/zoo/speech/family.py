@@ -1,0 +1,106 @@
+"""The ``speech`` zoo family: audio → text with a Conv1d + BiGRU character CTC model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from builders.zoo.api import MetricSpec
+from builders.zoo.speech import corpus, evaluation, pruning, recipe, training
+from builders.zoo.speech.model import SpeechConfig, SpeechCTC, export_onnx
+from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.speech import SpeechTask, log_mel
+
+PRUNE_CALIBRATION_UTTERANCES = 32
+"""Calibration utterances whose activations rank units for pruning."""
+
+
+class SpeechFamily:
+    """Zoo family over the committed speech checkpoint, eval and calibration splits."""
+
+    name = "speech"
+    task = "audio-text"
+    metric = MetricSpec("wer", higher_is_better=False)
+    assets_dir = recipe.ASSETS_DIR
+
+    def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
+        """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""
+        self.checkpoint_dir = checkpoint_dir
+
+    def speech_task(self) -> SpeechTask:
+        """The task-level pre/post-processing, built from this family's assets."""
+        return SpeechTask(self.assets_dir)
+
+    def make_task(self, assets_dir: Path) -> Task:
+        """The serving-time task over ``assets_dir`` (vocabulary and feature settings)."""
+        return SpeechTask(assets_dir)
+
+    def sample_items(self, count: int) -> list[Any]:
+        """Held-out waveforms (float32, 16 kHz), the form clients send, for profiling."""
+        split = corpus.load_split("eval")
+        return [split.waveform(i) for i in range(min(count, len(split)))]
+
+    def load(self) -> nn.Module:
+        """Load the checkpoint into a :class:`SpeechCTC` in eval mode."""
+        config = SpeechConfig.load(self.checkpoint_dir / "config.json")
+        model = SpeechCTC(config)
+        model.load_state_dict(load_file(self.checkpoint_dir / "model.safetensors"))
+        return model.eval()
+
+    def train(self, out_dir: Path) -> dict[str, float]:
+        """Run the seeded recipe (espeak-ng synthesis + CTC training) into ``out_dir``."""
+        return recipe.train(out_dir)
+
+    def export_onnx(self, module: nn.Module, path: Path) -> None:
+        """Export to one graph: ``features`` [B, T, 80] → ``log_probs`` [B, T', V]."""
+        export_onnx(module, path)
+
+    def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
+        """WER and CER (percent) on the first ``limit`` held-out-voice utterances."""
+        return evaluation.score(self.speech_task(), run_graph, corpus.load_split("eval"), limit)
+
+    def torch_runner(self, module: nn.Module) -> RunGraph:
+        """A graph runner over ``module`` with the ONNX graph's tensor names."""
+        return evaluation.torch_runner(module)
+
+    def calibration_inputs(self, count: int) -> Iterator[Mapping[str, npt.NDArray[Any]]]:
+        """Up to ``count`` single-utterance ``features`` batches from the calibration split."""
+        split = corpus.load_split("calibration")
+        settings = self.speech_task().settings
+        for i in range(min(count, len(split))):
+            yield {"features": log_mel(split.waveform(i), settings)[None]}
+
+    def prune(self, module: nn.Module, ratio: float) -> nn.Module:
+        """Remove ``ratio`` of the conv channels and GRU hidden units, least important first."""
+        feats = [
+            torch.from_numpy(batch["features"])
+            for batch in self.calibration_inputs(PRUNE_CALIBRATION_UTTERANCES)
+        ]
+        return pruning.prune(_as_speech(module), ratio, feats)
+
+    def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
+        """Fine-tune a pruned module for at most ``budget_s`` s (CTC + teacher distillation)."""
+        threads = torch.get_num_threads()
+        # The batches are small: one thread avoids OpenMP spinning on a busy machine.
+        torch.set_num_threads(1)
+        try:
+            return training.recover(
+                _as_speech(module), _as_speech(teacher), self.speech_task(), budget_s
+            )
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _as_speech(module: nn.Module) -> SpeechCTC:
+    if not isinstance(module, SpeechCTC):
+        raise TypeError(f"expected a SpeechCTC module, got {type(module).__name__}")
+    return module
+
+
+FAMILY = SpeechFamily()

@@ -1,0 +1,226 @@
+"""Training data and loss steps shared by the recipe and the pruning recovery fine-tune."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from builders.zoo.speech import corpus
+from builders.zoo.speech.model import SpeechCTC
+from gateway.tasks.base import pad_stack
+from gateway.tasks.speech import FeatureSettings, SpeechTask, log_mel, mel_filterbank
+
+GAIN_DB = (-14.0, 6.0)
+"""Random level change applied to training audio, so the model does not key on loudness."""
+FREQ_WARP = (0.85, 1.15)
+TIME_WARP = (0.88, 1.12)
+RECOVER_NEW_PER_STEP = 8
+RECOVER_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training utterance: features [T, n_mels] and target symbol ids."""
+
+    features: npt.NDArray[np.float32]
+    targets: npt.NDArray[np.int64]
+
+
+def encode(transcript: str, task: SpeechTask) -> npt.NDArray[np.int64]:
+    """Symbol ids of a transcript in the task's vocabulary."""
+    index = {c: i for i, c in enumerate(task.vocabulary)}
+    return np.array([index[c] for c in transcript], dtype=np.int64)
+
+
+def make_examples(
+    count: int, seed: int, task: SpeechTask, log: Callable[[str], None] = print
+) -> list[Example]:
+    """Synthesise ``count`` utterances from training voices and compute their features.
+
+    The features come from the serving code's own ``log_mel``, so training sees exactly what
+    the gateway computes.
+    """
+    rng = np.random.default_rng(seed)
+    utterances = corpus.sample_utterances(count, corpus.voices(held_out=False), rng)
+    examples = []
+    start_s = time.perf_counter()
+    for i, utt in enumerate(utterances):
+        gain = 10.0 ** (rng.uniform(*GAIN_DB) / 20.0)
+        waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
+        examples.append(Example(log_mel(waveform, task.settings), encode(utt.transcript, task)))
+        if (i + 1) % 2000 == 0 or i + 1 == count:
+            log(f"  synthesised {i + 1}/{count} utterances ({time.perf_counter() - start_s:.0f} s)")
+    return examples
+
+
+def set_normalisation(model: SpeechCTC, examples: Sequence[Example]) -> None:
+    """Set the model's per-mel-bin mean and inverse standard deviation from ``examples``."""
+    frames = np.concatenate([e.features for e in examples])
+    std = np.maximum(frames.std(axis=0), 1e-3)
+    with torch.no_grad():
+        model.feature_mean.copy_(torch.from_numpy(frames.mean(axis=0)))
+        model.feature_scale.copy_(torch.from_numpy(1.0 / std))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A zero-padded batch with the per-item lengths CTC needs."""
+
+    features: torch.Tensor
+    """[B, T, n_mels], zero-padded along T."""
+    output_lengths: torch.Tensor
+    """[B] output frames owned by each item."""
+    targets: torch.Tensor
+    """[sum of target lengths] concatenated symbol ids."""
+    target_lengths: torch.Tensor
+
+
+def make_batch(
+    examples: Sequence[Example],
+    model: SpeechCTC,
+    rng: np.random.Generator,
+    augment: bool,
+    settings: FeatureSettings | None = None,
+) -> Batch:
+    """Pad a batch; with ``augment``, warp each item and add random extra padding."""
+    feats = [e.features for e in examples]
+    if augment:
+        feats = [warp(f, rng, settings or FeatureSettings()) for f in feats]
+    batch = pad_stack(feats, 0.0)
+    if augment:
+        # Extra trailing padding teaches the backward GRU to start from a padded tail.
+        extra = int(rng.integers(0, 40))
+        batch = np.pad(batch, ((0, 0), (0, extra), (0, 0)))
+    lengths = [model.config.output_frames(f.shape[0]) for f in feats]
+    return Batch(
+        features=torch.from_numpy(batch),
+        output_lengths=torch.tensor(lengths, dtype=torch.long),
+        targets=torch.from_numpy(np.concatenate([e.targets for e in examples])),
+        target_lengths=torch.tensor([e.targets.size for e in examples], dtype=torch.long),
+    )
+
+
+def warp(
+    features: npt.NDArray[np.float32], rng: np.random.Generator, settings: FeatureSettings
+) -> npt.NDArray[np.float32]:
+    """Random frequency and time warp of log-mel features (a cheap stand-in for new voices).
+
+    Frequencies scale by a factor in ``FREQ_WARP`` (vocal-tract length perturbation: filter
+    ``m`` reads the spectrum at ``centre_m / factor``) and the time axis is resampled by a
+    factor in ``TIME_WARP``; both by linear interpolation, so silence stays exactly 0.
+    """
+    centres_hz = _mel_centres_hz(settings)
+    num_bins = centres_hz.size
+    factor = rng.uniform(*FREQ_WARP)
+    src = np.interp(centres_hz / factor, centres_hz, np.arange(num_bins))
+    warped = _interp_rows(features.T, src).T
+    num_frames = features.shape[0]
+    stretched = max(1, round(num_frames * rng.uniform(*TIME_WARP)))
+    return _interp_rows(warped, np.linspace(0, num_frames - 1, stretched))
+
+
+def _interp_rows(
+    x: npt.NDArray[np.float32], positions: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float32]:
+    """Rows of ``x`` linearly interpolated at fractional row ``positions``."""
+    lo = np.floor(positions).astype(np.int64)
+    hi = np.minimum(lo + 1, x.shape[0] - 1)
+    w = (positions - lo).astype(np.float32).reshape(-1, *([1] * (x.ndim - 1)))
+    return np.asarray(x[lo] * (1.0 - w) + x[hi] * w, dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def _mel_centres_hz(settings: FeatureSettings) -> npt.NDArray[np.float64]:
+    """Centre frequency of each mel filter (where its weight peaks)."""
+    bank = mel_filterbank(settings)
+    bins_hz = np.linspace(0.0, settings.sample_rate_hz / 2, bank.shape[0])
+    return np.asarray(bins_hz[np.argmax(bank, axis=0)], dtype=np.float64)
+
+
+def ctc_loss(model: SpeechCTC, batch: Batch, blank_index: int) -> torch.Tensor:
+    """Mean CTC loss of a batch (per target symbol, as ``reduction="mean"`` defines it)."""
+    log_probs = model(batch.features)
+    return nn.functional.ctc_loss(
+        log_probs.transpose(0, 1),
+        batch.targets,
+        batch.output_lengths,
+        batch.target_lengths,
+        blank=blank_index,
+        zero_infinity=True,
+    )
+
+
+def distillation_loss(
+    student: SpeechCTC, teacher: SpeechCTC, batch: Batch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(teacher || student) over the valid frames, and the student's log-probs."""
+    log_probs = student(batch.features)
+    with torch.no_grad():
+        target = teacher(batch.features)
+    steps = torch.arange(log_probs.shape[1])[None, :]
+    valid = (steps < batch.output_lengths[:, None]).to(log_probs.dtype)
+    kl = (target.exp() * (target - log_probs)).sum(-1)
+    return (kl * valid).sum() / valid.sum(), log_probs
+
+
+def recover(
+    student: SpeechCTC,
+    teacher: SpeechCTC,
+    task: SpeechTask,
+    budget_s: float,
+    seed: int = 7,
+    lr: float = 1e-3,
+    log: Callable[[str], None] = print,
+) -> SpeechCTC:
+    """Fine-tune a pruned ``student`` for at most ``budget_s`` seconds of wall time.
+
+    Each step synthesises a few fresh training-voice utterances into a growing pool and
+    trains on a batch drawn from it, with CTC on the transcripts plus distillation towards
+    the ``teacher``'s per-frame distribution. The learning rate decays linearly with the
+    elapsed fraction of the budget. Returns the student in eval mode.
+    """
+    if budget_s <= 0:
+        return student.eval()
+    rng = np.random.default_rng(seed)
+    voice_pool = corpus.voices(held_out=False)
+    pool: list[Example] = []
+    teacher.eval()
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-2)
+    start_s = time.perf_counter()
+    step = 0
+    while (elapsed_s := time.perf_counter() - start_s) < budget_s:
+        for utt in corpus.sample_utterances(RECOVER_NEW_PER_STEP, voice_pool, rng):
+            gain = 10.0 ** (rng.uniform(*GAIN_DB) / 20.0)
+            waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
+            pool.append(Example(log_mel(waveform, task.settings), encode(utt.transcript, task)))
+        picks = rng.choice(len(pool), size=min(RECOVER_BATCH_SIZE, len(pool)), replace=False)
+        batch = make_batch([pool[i] for i in picks], student, rng, augment=False)
+        kl, log_probs = distillation_loss(student, teacher, batch)
+        ctc = nn.functional.ctc_loss(
+            log_probs.transpose(0, 1),
+            batch.targets,
+            batch.output_lengths,
+            batch.target_lengths,
+            blank=task.blank_index,
+            zero_infinity=True,
+        )
+        loss = ctc + kl
+        for group in optimizer.param_groups:
+            group["lr"] = lr * max(0.05, 1.0 - elapsed_s / budget_s)
+        optimizer.zero_grad()
+        torch.autograd.backward(loss)
+        nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 50 == 0:
+            losses = f"ctc {float(ctc):.3f}  kl {float(kl):.3f}"
+            log(f"  recover step {step}  {losses}  {elapsed_s:.0f} s")
+    return student.eval()

@@ -1,0 +1,1 @@
+"""The ``translation`` zoo family: an English→German Transformer trained on gettext catalogs."""

@@ -1,0 +1,115 @@
+"""The ``translation`` family as the zoo CLI and the variant builder see it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from safetensors.torch import load_file
+from torch import nn
+
+from builders.zoo.api import MetricSpec, ZooFamily
+from builders.zoo.translation import evaluation, prune, recipe, tokenizer
+from builders.zoo.translation.corpus import read_split
+from builders.zoo.translation.model import Translator, TranslatorConfig
+from gateway.tasks.base import RunGraph, Task, pad_stack
+from gateway.tasks.translation import TranslationTask
+
+CALIBRATION_BATCH = 8
+CALIBRATION_SEED = 99
+
+
+def load_checkpoint(checkpoint_dir: Path) -> Translator:
+    """Load ``config.json`` and ``model.safetensors`` from a directory, in eval mode."""
+    model = Translator(TranslatorConfig.load(checkpoint_dir / recipe.CONFIG_FILE))
+    model.load_state_dict(load_file(str(checkpoint_dir / recipe.WEIGHTS_FILE)))
+    return model.eval()
+
+
+def _translator(module: nn.Module) -> Translator:
+    if not isinstance(module, Translator):
+        raise TypeError(f"expected a Translator, got {type(module).__name__}")
+    return module
+
+
+class TranslationFamily:
+    """English→German encoder–decoder trained on gettext catalogs, scored by BLEU."""
+
+    name = "translation"
+    task = "text-text"
+    metric = MetricSpec("bleu", higher_is_better=True)
+    assets_dir = tokenizer.ASSETS_DIR
+
+    def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
+        """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""
+        self.checkpoint_dir = checkpoint_dir
+
+    def make_task(self, assets_dir: Path) -> Task:
+        """The serving-time task over ``assets_dir`` (sentencepiece model + limits)."""
+        return TranslationTask(assets_dir)
+
+    def sample_items(self, count: int) -> list[Any]:
+        """The first ``count`` English texts of the held-out set."""
+        return [pair.en for pair in read_split("heldout")[:count]]
+
+    def load(self) -> nn.Module:
+        """Load the committed checkpoint in eval mode."""
+        return load_checkpoint(self.checkpoint_dir)
+
+    def train(self, out_dir: Path) -> dict[str, float]:
+        """Run the seeded recipe into ``out_dir``; returns the headline metrics."""
+        metrics = recipe.train(out_dir)
+        return {
+            "bleu": metrics["bleu"],
+            "chrf": metrics["chrf"],
+            "onnx_bleu": metrics["heldout"]["onnx"]["bleu"],
+            "params": float(metrics["params"]),
+            "train_seconds": metrics["train_seconds"],
+        }
+
+    def export_onnx(self, module: nn.Module, path: Path) -> None:
+        """Export a full or pruned translator to one ONNX graph (opset 17, weights inside)."""
+        evaluation.export_onnx(_translator(module), path)
+
+    def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
+        """BLEU and chrF of greedy translations of the first ``limit`` held-out pairs."""
+        return evaluation.evaluate(run_graph, limit, self.assets_dir)
+
+    def torch_runner(self, module: nn.Module) -> RunGraph:
+        """Run a translator with the ONNX graph's tensors (``src_ids``, ``tgt_ids``)."""
+        return evaluation.torch_runner(_translator(module))
+
+    def calibration_inputs(self, count: int) -> Iterator[Mapping[str, npt.NDArray[Any]]]:
+        """``count`` graph inputs of up to 8 calibration pairs each.
+
+        Targets are cut at seeded random points, so the graph is calibrated on the prefixes
+        of every length it sees while decoding.
+        """
+        processor = tokenizer.load_spm(self.assets_dir)
+        settings = tokenizer.load_settings(self.assets_dir)
+        pairs = read_split("calibration")
+        rng = np.random.default_rng(CALIBRATION_SEED)
+        pad, bos, eos = settings["pad_id"], settings["bos_id"], settings["eos_id"]
+        for index in range(count):
+            start = (index * CALIBRATION_BATCH) % len(pairs)
+            chunk = (pairs * 2)[start : start + CALIBRATION_BATCH]
+            src = [np.array([*processor.encode(p.en), eos], np.int64) for p in chunk]
+            tgt = []
+            for pair in chunk:
+                ids = processor.encode(pair.de)
+                tgt.append(np.array([bos, *ids[: rng.integers(0, len(ids) + 1)]], np.int64))
+            yield {"src_ids": pad_stack(src, pad), "tgt_ids": pad_stack(tgt, pad)}
+
+    def prune(self, module: nn.Module, ratio: float) -> nn.Module:
+        """Remove ``ratio`` of the heads and FFN units of every block (lowest importance)."""
+        return prune.prune(_translator(module), ratio)
+
+    def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
+        """Fine-tune the pruned ``module`` for at most ``budget_s`` seconds on the train split."""
+        return prune.recover(_translator(module), _translator(teacher), budget_s)
+
+
+FAMILY: ZooFamily = TranslationFamily()

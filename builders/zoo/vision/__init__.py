@@ -1,0 +1,1 @@
+"""The ``vision`` family: EfficientNet-Lite0 with ImageNet weights, scored on natural images."""

@@ -1,0 +1,98 @@
+"""The builders on the real zoo models: invariants of every published variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from builders.build import artifact_path
+from builders.optimize.quantize import INT8_OP_TYPES, op_types
+from builders.repository import parse_config
+from builders.triton.flavour import write_python_flavour
+from builders.triton.server import TritonServer
+from builders.zoo.registry import get_family
+from gateway.manifest import find_manifests, load_manifest
+from gateway.tasks.onnx_runner import onnx_graph_runner
+from tests.support.quick_repository import EVAL_LIMIT, FAMILIES
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_family_has_a_valid_manifest_and_report(quick_repository: Path) -> None:
+    names = {load_manifest(p).family for p in find_manifests(quick_repository)}
+    assert names == set(FAMILIES)
+    for family in FAMILIES:
+        manifest = load_manifest(quick_repository / f"{family}.manifest.json")
+        kinds = {v.name for v in manifest.variants}
+        assert {"fp32", "fp16", "int8", "pruned-50", "pruned-50-int8"} <= kinds
+        assert manifest.variant("fp32").status == "published"
+        assert any(v.recommended for v in manifest.published())
+        report = (quick_repository / f"{family}.report.md").read_text()
+        for v in manifest.variants:
+            assert f"| {v.name} |" in report
+        png = (quick_repository / f"{family}.pareto.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_recorded_metrics_are_reproduced_from_artifacts(
+    quick_repository: Path, family_name: str
+) -> None:
+    family = get_family(family_name)
+    manifest = load_manifest(quick_repository / f"{family_name}.manifest.json")
+    for variant in manifest.published():
+        graph = artifact_path(quick_repository, variant)
+        config = parse_config((graph.parent.parent / "config.pbtxt").read_text())
+        assert config.name == variant.model_name and config.backend == "onnxruntime"
+        metrics = family.evaluate(onnx_graph_runner(graph), EVAL_LIMIT[family_name])
+        for key, recorded in variant.metrics.items():
+            assert metrics[key] == pytest.approx(recorded, abs=0.05), (variant.name, key)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_pruned_are_smaller_and_int8_is_quantized(quick_repository: Path, family_name: str) -> None:
+    manifest = load_manifest(quick_repository / f"{family_name}.manifest.json")
+    fp32, int8 = manifest.variant("fp32"), manifest.variant("int8")
+    pruned, pruned_int8 = manifest.variant("pruned-50"), manifest.variant("pruned-50-int8")
+    assert pruned.parameters < fp32.parameters
+    assert pruned.size_bytes < fp32.size_bytes
+    assert pruned_int8.size_bytes < int8.size_bytes
+    assert fp32.size_bytes / int8.size_bytes > 3.0
+    for v in (int8, pruned_int8):
+        assert v.precision == "int8"
+        if v.status == "published":
+            assert op_types(artifact_path(quick_repository, v)) & INT8_OP_TYPES
+
+
+def test_python_flavour_loads_in_real_triton(quick_repository: Path, tmp_path: Path) -> None:
+    names = write_python_flavour(quick_repository, tmp_path / "python-repo")
+    assert names
+    with TritonServer(tmp_path / "python-repo", explicit=True, load_models=tuple(names)) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for name in names:
+            assert client.is_model_ready(name), name
+        # One variant per family answers exactly like ONNX Runtime in-process.
+        for family_name in FAMILIES:
+            family = get_family(family_name)
+            feeds = dict(next(iter(family.calibration_inputs(1))))
+            manifest = load_manifest(quick_repository / f"{family_name}.manifest.json")
+            variant = manifest.variant("int8")
+            if variant.status != "published":
+                variant = manifest.variant("fp32")
+            expected = onnx_graph_runner(artifact_path(quick_repository, variant))(feeds)
+            inputs = []
+            for key, value in feeds.items():
+                tensor = grpcclient.InferInput(key, list(value.shape), _dtype(value))
+                tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+            result = client.infer(variant.model_name, inputs)
+            for key, value in expected.items():
+                np.testing.assert_allclose(result.as_numpy(key), value, rtol=1e-5, atol=1e-5)
+        client.close()
+
+
+def _dtype(value: np.ndarray) -> str:
+    return {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}[value.dtype]
