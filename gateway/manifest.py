@@ -88,7 +88,9 @@ class Variant(_Strict):
     )
     quality_drop: float = Field(description="Points of quality lost against fp32.")
     latency: list[LatencyPoint]
-    resident_memory_bytes: int = Field(ge=0, description="Resident memory growth to load and run one batch.")
+    resident_memory_bytes: int = Field(
+        ge=0, description="Resident memory growth to load and run one batch."
+    )
     gpu_memory_bytes: int = Field(
         ge=0,
         description="Device memory to hold and run the variant (measured on a GPU, "

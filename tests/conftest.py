@@ -186,6 +186,18 @@ def module_triton_factory() -> Iterator[Callable[..., TritonServer]]:
         yield start
 
 
+QUICK_REPOSITORY_TIMEOUT_S = 1800
+"""Per-test timeout of tests on the quick repository: the first one waits for its build."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give tests on the quick repository time for its build (the default is minutes)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "quick_repository" in fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(QUICK_REPOSITORY_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def quick_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real repository of every zoo family whose checkpoint is committed, built once.

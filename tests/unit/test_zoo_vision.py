@@ -125,16 +125,40 @@ def test_distillation_images_come_from_other_sources() -> None:
     assert {e.source for e in INDEX} == set(data.EVAL_SOURCES)
 
 
-def test_data_and_labels_rebuild_identically(tmp_path: Path) -> None:
-    index = data.build_eval_set(tmp_path / "eval")
-    assert index == INDEX
+def test_eval_images_regenerate_identically() -> None:
+    photos = {source: data.sample_image(source) for source in data.EVAL_SOURCES}
     for entry in INDEX:
-        assert (tmp_path / "eval" / entry.file).read_bytes() == entry.read()
+        photo = photos[entry.source]
+        if entry.file == f"{entry.source}.jpg":
+            assert data.uncropped_photo(photo) == entry.read()
+        else:
+            candidate = int(Path(entry.file).stem.rsplit("_", 1)[1])
+            source_index = data.EVAL_SOURCES.index(entry.source)
+            assert data.eval_crop(photo, source_index, candidate) == entry.read()
+
+
+def test_eval_set_keeps_only_decisive_images() -> None:
+    for entry in INDEX:
+        assert entry.accepted or entry.margin >= data.MIN_MARGIN
+    per_source = {s: sum(e.source == s for e in INDEX) for s in data.EVAL_SOURCES}
+    assert max(per_source.values()) <= data.CROPS_PER_SOURCE + 1
+
+
+def test_distill_set_and_labels_rebuild_identically(tmp_path: Path) -> None:
     data.build_distill_set(tmp_path / "distill")
     for path in data.DISTILL_DIR.glob("*.jpg"):
         assert (tmp_path / "distill" / path.name).read_bytes() == path.read_bytes()
     data.write_labels(tmp_path)
     assert (tmp_path / "labels.txt").read_text() == (FAMILY.assets_dir / "labels.txt").read_text()
+
+
+@pytest.mark.slow
+def test_eval_set_rebuilds_identically(tmp_path: Path) -> None:
+    index = data.build_eval_set(data.fp32_margins(), tmp_path)
+    assert [e.file for e in index] == [e.file for e in INDEX]
+    for built, committed in zip(index, INDEX, strict=True):
+        assert built.margin == pytest.approx(committed.margin, abs=1e-3)
+        assert (tmp_path / built.file).read_bytes() == committed.read()
 
 
 def test_reference_labels_cover_the_eval_set() -> None:
