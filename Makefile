@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
 # Debian packages: espeak-ng synthesises the speech corpus and test audio; prometheus runs in
 # the monitoring tests; the *-l10n/iso-codes packages carry the gettext catalogs of the
 # translation corpus (only needed to re-extract it).
@@ -36,6 +37,7 @@ repo: setup
 
 serve: repo
 	$(BIN)/builders report
+	$(BIN)/gateway serve --repository model_repo --host $(HOST)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -133,6 +133,25 @@ def _crashing_op_types(path: Path, op_candidates: list[str], convert: Any) -> li
     return []
 
 
+def _casts_to_float(graph: onnx.GraphProto) -> set[str]:
+    """Names of the Cast nodes of ``graph`` that cast to fp32."""
+    return {
+        node.name
+        for node in graph.node
+        if node.op_type == "Cast"
+        and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+    }
+
+
+def _retarget_casts(graph: onnx.GraphProto, names: set[str], to: int) -> None:
+    """Make the named Cast nodes cast to ``to``."""
+    for node in graph.node:
+        if node.name in names:
+            for attr in node.attribute:
+                if attr.name == "to":
+                    attr.i = to
+
+
 def to_fp16(source: Path, target: Path) -> list[str]:
     """Convert weights and arithmetic to fp16, keeping fp32 graph inputs and outputs.
 
@@ -148,9 +167,15 @@ def to_fp16(source: Path, target: Path) -> list[str]:
 
     def convert(extra: list[str]) -> None:
         block = list(float16.DEFAULT_OP_BLOCK_LIST) + blocked + extra
+        original = onnx.load(str(source))
+        casts_to_float = _casts_to_float(original.graph)
         converted = float16.convert_float_to_float16(
-            onnx.load(str(source)), keep_io_types=True, op_block_list=block
+            original, keep_io_types=True, op_block_list=block
         )
+        if "Cast" not in block:
+            # The converter types these Casts' outputs fp16 but leaves their ``to`` at float
+            # (e.g. the float attention masks exporters emit), which ONNX Runtime rejects.
+            _retarget_casts(converted.graph, casts_to_float, onnx.TensorProto.FLOAT16)
         onnx.save(converted, str(target))
 
     for _ in range(len(present) + 1):

@@ -17,8 +17,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
-from wire import PROTOCOLS, Wire, objects, png, tone
+from wire import PROTOCOLS, Wire, objects, png, wav
 
+from builders.zoo.speech import corpus
+from builders.zoo.translation.corpus import read_split
 from gateway.manifest import find_manifests, load_manifest
 from tests.conftest import python_flavour
 
@@ -44,11 +46,9 @@ def task_inputs(task: str) -> list[tuple[str, str, np.ndarray]]:
         items = [png(40, size=32), *(jpeg(p) for p in photos)] or [png(200, size=32)]
         return [("image", "BYTES", objects(*items))]
     if task == "audio-text":
-        silence = np.zeros(8000, np.float32)
-        return [("audio", "FP32", np.stack([tone(0.5, 330.0), silence]))]
-    heldout = ZOO / "translation" / "data" / "heldout.tsv"
-    lines = heldout.read_text(encoding="utf-8").splitlines()[:2] if heldout.exists() else []
-    texts = [line.split("\t")[0] for line in lines if line.strip()] or ["open the file"]
+        split = corpus.load_split("eval")
+        return [("audio", "BYTES", objects(*(wav(split.waveform(i)) for i in range(2))))]
+    texts = [pair.en for pair in read_split("heldout")[:2]]
     return [("text", "BYTES", objects(*(t.encode() for t in texts)))]
 
 
