@@ -179,6 +179,8 @@ def _derive(
         target = workdir / f"{name}.onnx"
         result = to_int8(base.graph, target, family.calibration_inputs(64), method)
         notes = [f"int8 ops: {', '.join(result.int8_op_types)}"]
+        if result.matmuls_only:
+            notes.append("attention graph: only MatMul/Gemm quantized")
         if result.weight_only_tensors:
             notes.append(f"{result.weight_only_tensors} recurrent weight tensors int8 weight-only")
         return Candidate(name, target, "int8", method, base.pruning_ratio, base.parameters, notes)

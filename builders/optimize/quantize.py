@@ -51,6 +51,8 @@ _MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(")
 _WEIGHT_ONLY_MIN_ELEMENTS = 4096
 # Recurrent ops have no fp16 CPU kernels; keeping them fp32 up front saves retries.
 _FP16_CPU_UNSAFE = ("GRU", "LSTM", "RNN")
+_ATTENTION_OP_TYPES = frozenset({"Softmax", "LayerNormalization"})
+_MATMUL_OP_TYPES = ("MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class QuantizationResult:
     """Float initializers stored as int8 behind DequantizeLinear (ops the quantizer skips)."""
     int8_op_types: tuple[str, ...]
     """Integer/QDQ op types present in the result."""
+    matmuls_only: bool = False
+    """Only MatMul/Gemm were quantized (attention graphs)."""
 
 
 class _Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -206,6 +210,14 @@ def to_int8(
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + folding first, as ONNX Runtime recommends before quantizing.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # Per-channel QDQ would give an embedding Gather's output its table's per-row scales,
+        # which ONNX Runtime rejects; embeddings become weight-only int8 below instead.
+        gathers = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Gather"]
+        # Attention graphs: min/max activation ranges of masked scores and normalisations
+        # are useless (a -inf mask alone spans them), so only the weight-heavy matmuls are
+        # quantized there; elsewhere every op the quantizer supports.
+        matmuls_only = bool(op_types(source) & _ATTENTION_OP_TYPES)
+        only = list(_MATMUL_OP_TYPES) if matmuls_only else None
         if method == "static-qdq":
             quantize_static(
                 prepared,
@@ -217,9 +229,18 @@ def to_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                nodes_to_exclude=gathers,
+                op_types_to_quantize=only,
             )
         else:
-            quantize_dynamic(prepared, target, per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                prepared,
+                target,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=gathers,
+                op_types_to_quantize=only,
+            )
     weight_only = quantize_remaining_weights(target)
     error = _session_error(target)
     if error is not None:
@@ -228,6 +249,7 @@ def to_int8(
         method=method,
         weight_only_tensors=weight_only,
         int8_op_types=tuple(sorted(op_types(target) & INT8_OP_TYPES)),
+        matmuls_only=matmuls_only,
     )
 
 
