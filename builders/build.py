@@ -177,7 +177,8 @@ def _derive(
     def int8_of(base: Candidate, name: str) -> Candidate:
         progress(f"{family.name}: quantizing {name} ({method})")
         target = workdir / f"{name}.onnx"
-        result = to_int8(base.graph, target, family.calibration_inputs(64), method)
+        calibration = family.calibration_inputs(spec.calibration_items)
+        result = to_int8(base.graph, target, calibration, method)
         notes = [f"int8 ops: {', '.join(result.int8_op_types)}"]
         if result.matmuls_only:
             notes.append("attention graph: only MatMul/Gemm quantized")

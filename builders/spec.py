@@ -50,6 +50,9 @@ class BuildSpec:
     """Points of the primary metric a variant may lose against fp32 and still be published."""
     eval_limit: int | None = None
     """Evaluate on the first N held-out items only (None: the whole set)."""
+    calibration_items: int = 256
+    """int8 calibration inputs (fewer when the family's calibration split is smaller): with
+    64, EfficientNet-Lite0's min/max activation ranges still missed its tails."""
     max_batch_size: int = 8
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     tensorrt: bool = True
@@ -67,6 +70,8 @@ class BuildSpec:
             raise ValueError("recover_budget_s and max_quality_drop must be >= 0")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1, got {self.eval_limit}")
+        if self.calibration_items < 1:
+            raise ValueError(f"calibration_items must be >= 1, got {self.calibration_items}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
 

@@ -36,6 +36,7 @@ def quick_spec(family: str, repository: Path) -> BuildSpec:
         # because the gateway tests route between them.
         max_quality_drop=25.0,
         eval_limit=EVAL_LIMIT[family],
+        calibration_items=64,
         max_batch_size=8,
         profile=QUICK_PROFILE,
     )
