@@ -175,6 +175,16 @@ def main() -> None:
         run(repository.resolve(), args)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run."""
+    words = [".venv/bin/python bench/gateway_overhead.py", f"--model {args.model}"]
+    if args.repository is not None:
+        words.append(f"--repository {args.repository}")
+    words.append(f"--requests {args.requests} --duration-s {args.duration_s:g}")
+    words.append("--clients " + " ".join(str(c) for c in args.clients))
+    return " ".join(words)
+
+
 def run(repository: Path, args: argparse.Namespace) -> None:
     family, variant = split_model_name(args.model)
     if variant is None:
@@ -276,9 +286,7 @@ def report(args: argparse.Namespace, task: str, results: dict[str, Any]) -> None
             "",
             *table,
             "",
-            f"Produced by `.venv/bin/python bench/gateway_overhead.py --model {args.model}`"
-            + ("" if args.repository is None else f" --repository {args.repository}")
-            + ".",
+            f"Produced by `{command_line(args)}`.",
             "",
         ]
     )

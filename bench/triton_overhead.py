@@ -268,6 +268,8 @@ def report(args: argparse.Namespace, task: str, results: dict[str, Any]) -> None
     command = f".venv/bin/python bench/triton_overhead.py --model {args.model}"
     if args.repository is not None:
         command += f" --repository {args.repository}"
+    command += f" --requests {args.requests} --duration-s {args.duration_s:g} --clients "
+    command += " ".join(str(c) for c in args.clients)
     markdown = "\n".join(
         [
             "# Gateway overhead in front of Triton",
