@@ -189,6 +189,28 @@ def decode_wav(
     return resample(mono, rate_hz, target_rate_hz)
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def nearest_word(word: str, lexicon: tuple[str, ...]) -> str:
+    """The lexicon word with the fewest character edits from ``word``.
+
+    Ties go to the closer length, then to the earlier lexicon entry, so decoding is
+    deterministic. Character CTC mostly errs by a letter or two, which this repairs when the
+    application's vocabulary is closed (commands, digits).
+    """
+    if word in lexicon:
+        return word
+    return min(lexicon, key=lambda w: (edit_distance(word, w), abs(len(w) - len(word))))
+
+
 class SpeechTask:
     """Waveforms (or WAV bytes) in, transcripts out, through one speech graph."""
 
@@ -204,6 +226,8 @@ class SpeechTask:
         self.vocabulary: list[str] = list(spec["vocabulary"])
         self.blank_index: int = int(spec["blank_index"])
         self.max_duration_s: float = float(spec["max_duration_s"])
+        self.lexicon: tuple[str, ...] = tuple(spec.get("lexicon", ()))
+        """Closed vocabulary: when set, each decoded word becomes the nearest lexicon word."""
 
     def features(self, item: FloatArray | bytes) -> FloatArray:
         """Validate one waveform (or WAV bytes) and compute its log-mel features.
@@ -241,7 +265,10 @@ class SpeechTask:
         keep = np.ones_like(best, dtype=bool)
         keep[1:] = best[1:] != best[:-1]
         chars = [self.vocabulary[i] for i in best[keep] if i != self.blank_index]
-        return " ".join("".join(chars).split())
+        words = "".join(chars).split()
+        if self.lexicon:
+            words = [nearest_word(w, self.lexicon) for w in words]
+        return " ".join(words)
 
     def run(self, waveforms: list[FloatArray | bytes], run_graph: RunGraph) -> list[str]:
         """Transcribe a batch: features per item, one padded graph call, per-item decoding.

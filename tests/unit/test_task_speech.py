@@ -16,8 +16,10 @@ from gateway.tasks.speech import (
     OutputFrames,
     SpeechTask,
     decode_wav,
+    edit_distance,
     log_mel,
     mel_filterbank,
+    nearest_word,
 )
 
 ASSETS = Path(__file__).resolve().parents[2] / "builders" / "zoo" / "speech" / "assets"
@@ -251,3 +253,34 @@ def test_task_reads_its_assets(tmp_path: Path) -> None:
     assert task.features(noise(0.5, 0)).shape[1] == 40
     with pytest.raises(TaskInputError, match="limit is 1 s"):
         task.features(noise(1.5, 0))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "distance"),
+    [("", "", 0), ("abc", "", 3), ("kitten", "sitting", 3), ("seven", "seven", 0), ("ab", "ba", 2)],
+)
+def test_edit_distance(a: str, b: str, distance: int) -> None:
+    assert edit_distance(a, b) == distance == edit_distance(b, a)
+
+
+def test_nearest_word_repairs_small_errors_deterministically() -> None:
+    lexicon = ("seven", "eleven", "heaven", "one", "on")
+    assert nearest_word("seven", lexicon) == "seven"
+    assert nearest_word("sevn", lexicon) == "seven"
+    assert nearest_word("elevn", lexicon) == "eleven"
+    # "oe" is one edit from both "one" and "on": the closer length wins, then lexicon order.
+    assert nearest_word("oe", lexicon) == "on"
+    assert nearest_word("xeven", lexicon) == "seven"
+
+
+def test_lexicon_snaps_decoded_words(tmp_path: Path) -> None:
+    spec = json.loads((ASSETS / ASSET_FILE).read_text())
+    spec["lexicon"] = ["cab", "dog"]
+    (tmp_path / ASSET_FILE).write_text(json.dumps(spec))
+    task = SpeechTask(tmp_path)
+    sym = {c: i for i, c in enumerate(task.vocabulary)}
+    path = ["c", "a", "_", " ", "d", "o", "o", "g"]
+    log_probs = np.full((len(path), len(task.vocabulary)), -9.0, np.float32)
+    for t, ch in enumerate(path):
+        log_probs[t, sym[ch]] = 0.0
+    assert task.decode(log_probs, len(path)) == "cab dog"
