@@ -99,7 +99,7 @@ def test_held_out_voices_are_transcribed(
     # WAV carries 16-bit samples, as the committed split does: the same audio as in-process.
     assert got == in_process(quick_repository, "speech", waveforms)
     right = sum(g == r for g, r in zip(got, split.transcripts[:UTTERANCES], strict=True))
-    assert right >= UTTERANCES * 3 // 4, list(zip(got, split.transcripts, strict=False))
+    assert right >= UTTERANCES * 2 // 3, list(zip(got, split.transcripts, strict=False))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

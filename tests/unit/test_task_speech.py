@@ -171,6 +171,13 @@ class FakeGraph:
         return {"log_probs": log_probs}
 
 
+def open_vocabulary_task() -> SpeechTask:
+    """The zoo task without its lexicon, so decoding shows the raw CTC output."""
+    task = SpeechTask(ASSETS)
+    task.lexicon = ()
+    return task
+
+
 def noise(duration_s: float, seed: int) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(duration_s * RATE))).astype(
         np.float32
@@ -178,7 +185,7 @@ def noise(duration_s: float, seed: int) -> np.ndarray:
 
 
 def test_run_pads_once_and_decodes_each_item_over_its_own_frames() -> None:
-    task = SpeechTask(ASSETS)
+    task = open_vocabulary_task()
     graph = FakeGraph(task, ["hi", "a  b", "ok"])
     waves = [noise(0.3, 0), noise(1.2, 1), noise(0.08, 2)]
     assert task.run(waves, graph) == ["hi", "a b", "ok"]
@@ -188,14 +195,14 @@ def test_run_pads_once_and_decodes_each_item_over_its_own_frames() -> None:
 
 
 def test_run_accepts_wav_bytes_and_float64() -> None:
-    task = SpeechTask(ASSETS)
+    task = open_vocabulary_task()
     x = noise(0.5, 3)
     graph = FakeGraph(task, ["ab", "ab"])
     assert task.run([wav_bytes(x, 22050, 2), x.astype(np.float64)], graph) == ["ab", "ab"]
 
 
 def test_greedy_decode_collapses_repeats_and_drops_blanks() -> None:
-    task = SpeechTask(ASSETS)
+    task = open_vocabulary_task()
     sym = {c: i for i, c in enumerate(task.vocabulary)}
     path = ["_", "a", "a", "_", "a", "b", "b", " ", " ", "c", "_", "_", " "]
     log_probs = np.full((len(path) + 3, len(task.vocabulary)), -9.0, np.float32)
@@ -284,3 +291,9 @@ def test_lexicon_snaps_decoded_words(tmp_path: Path) -> None:
     for t, ch in enumerate(path):
         log_probs[t, sym[ch]] = 0.0
     assert task.decode(log_probs, len(path)) == "cab dog"
+
+
+def test_zoo_lexicon_decodes_its_own_words() -> None:
+    task = SpeechTask(ASSETS)
+    assert "seven" in task.lexicon and len(set(task.lexicon)) == len(task.lexicon)
+    assert all(nearest_word(w, task.lexicon) == w for w in task.lexicon)

@@ -89,9 +89,13 @@ def voices(held_out: bool) -> list[str]:
 
 
 def sample_utterances(
-    count: int, voice_pool: Sequence[str], rng: np.random.Generator, digit_fraction: float = 0.4
+    count: int,
+    voice_pool: Sequence[str],
+    rng: np.random.Generator,
+    digit_fraction: float = 0.4,
+    max_words: int = 3,
 ) -> list[Utterance]:
-    """Random utterances: 1-5 spoken digits, or 1-3 words from the word list."""
+    """Random utterances: 1-5 spoken digits, or 1 to ``max_words`` words from the word list."""
     vocab = words()
     out = []
     for _ in range(count):
@@ -100,7 +104,7 @@ def sample_utterances(
             spoken = " ".join(str(d) for d in digits)
             transcript = " ".join(DIGIT_WORDS[d] for d in digits)
         else:
-            picks = rng.choice(len(vocab), size=int(rng.integers(1, 4)))
+            picks = rng.choice(len(vocab), size=int(rng.integers(1, max_words + 1)))
             spoken = transcript = " ".join(vocab[i] for i in picks)
         out.append(
             Utterance(

@@ -63,8 +63,8 @@ class SpeechCTC(nn.Module):
     def __init__(self, config: SpeechConfig) -> None:
         super().__init__()
         self.config = config
-        # Global feature normalisation, set from training statistics by the recipe. Padding
-        # and digital silence are both 0 before it, so they stay identical after it.
+        # Per-bin scaling after per-utterance mean removal, set from training statistics by
+        # the recipe (see :meth:`normalise`).
         self.register_buffer("feature_mean", torch.zeros(config.n_mels))
         self.register_buffer("feature_scale", torch.ones(config.n_mels))
         self.conv = nn.Conv1d(
@@ -86,9 +86,27 @@ class SpeechCTC(nn.Module):
         """The bidirectional GRU layers, first to last."""
         return [m for m in self.grus if isinstance(m, nn.GRU)]
 
+    def centred(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features minus each utterance's mean speech frame, and the speech-frame mask.
+
+        Subtracting the per-utterance mean removes the level and the voice's average spectral
+        shape, which helps on voices never heard in training. Padding and
+        digital silence are all-zero frames: they are left out of the mean, so an item's
+        features do not depend on how much padding its batch adds.
+        """
+        speech = (features.sum(-1, keepdim=True) > 0).to(features.dtype)
+        count = speech.sum(1, keepdim=True).clamp(min=1.0)
+        mean = (features * speech).sum(1, keepdim=True) / count
+        return features - mean, speech
+
+    def normalise(self, features: torch.Tensor) -> torch.Tensor:
+        """Centred, scaled features; padding and silence frames become exactly 0."""
+        centred, speech = self.centred(features)
+        return (centred - self.feature_mean) * self.feature_scale * speech
+
     def front_end(self, features: torch.Tensor) -> torch.Tensor:
         """Normalised features through the strided conv and ReLU: [B, T', conv_channels]."""
-        x = (features - self.feature_mean) * self.feature_scale
+        x = self.normalise(features)
         return torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
