@@ -72,7 +72,7 @@ def test_labelled_photos_get_their_labels(wires: dict[str, Wire], protocol: str)
     top1 = texts(result.outputs["labels"][:, 0])
     for photo, label in zip(photos, top1, strict=True):
         assert label in photo.accepted, (photo.file, label)
-    assert result.variant.startswith("vision__")
+    assert result.parameters["served_model"].startswith("vision__")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -83,7 +83,7 @@ def test_held_out_digits_get_their_labels(wires: dict[str, Wire], protocol: str)
     top1 = [int(label) for label in texts(result.outputs["labels"][:, 0])]
     correct = sum(int(p == t) for p, t in zip(top1, labels[:DIGITS], strict=True))
     assert correct >= DIGITS - 1, f"{correct}/{DIGITS} digits right"
-    assert result.variant == "digits__fp32" and result.reason == "pinned"
+    assert result.parameters["served_model"] == "digits__fp32" and result.reason == "pinned"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -96,10 +96,12 @@ def test_held_out_voices_are_transcribed(
         "speech__fp32", [("audio", "BYTES", objects(*(wav(w) for w in waveforms)))]
     )
     got = texts(result.outputs["text"])
-    # WAV carries 16-bit samples, as the committed split does: the same audio as in-process.
-    assert got == in_process(quick_repository, "speech", waveforms)
+    # The gateway may split the request into batches padded differently from an in-process
+    # run, and the BiGRU sees the padding, so the check is accuracy, not identity.
     right = sum(g == r for g, r in zip(got, split.transcripts[:UTTERANCES], strict=True))
     assert right >= UTTERANCES * 2 // 3, list(zip(got, split.transcripts, strict=False))
+    alone = in_process(quick_repository, "speech", waveforms[:1])
+    assert got[0] == alone[0]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -107,7 +109,7 @@ def test_raw_audio_and_routing_give_text(wires: dict[str, Wire], protocol: str) 
     split = corpus.load_split("eval")
     result = wires[protocol].infer("speech", [("audio", "FP32", split.waveform(0)[None, :])])
     assert texts(result.outputs["text"]) == [split.transcripts[0]]
-    assert result.variant.startswith("speech__")
+    assert result.parameters["served_model"].startswith("speech__")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
