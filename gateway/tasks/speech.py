@@ -21,6 +21,7 @@ import io
 import json
 import math
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,8 @@ def decode_wav(
     return resample(mono, rate_hz, target_rate_hz)
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance between two strings."""
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two strings, or two sequences of tokens (words)."""
     row = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         prev, row[0] = row[0], i

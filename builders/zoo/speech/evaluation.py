@@ -13,21 +13,10 @@ import torch
 
 from builders.zoo.speech.corpus import Split
 from gateway.tasks.base import RunGraph
-from gateway.tasks.speech import SpeechTask
+from gateway.tasks.speech import SpeechTask, edit_distance
 
 EVAL_BATCH_SIZE = 16
 """Utterances per graph call; batches mix lengths, so padding is exercised as in serving."""
-
-
-def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance between two token sequences."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        cur = [i]
-        for j, h in enumerate(hyp, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1]
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
