@@ -116,28 +116,13 @@ def throughput(
     return sum(counts) / (time.perf_counter() - start)
 
 
-def start_gateway(repository: Path) -> tuple[subprocess.Popen[str], int, int]:
+def start_gateway(repository: Path, *serve_args: str) -> tuple[subprocess.Popen[str], int, int]:
+    """``gateway serve`` on free ports with ``serve_args`` added; returns it and its ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_LOG_LEVEL"] = "warning"
-    env["GATEWAY_RELOAD_INTERVAL_S"] = "0"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--repository",
-            str(repository),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    env.update(GATEWAY_LOG_LEVEL="warning", GATEWAY_RELOAD_INTERVAL_S="0")
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository)]
+    command += [*serve_args, "--http-port", "0", "--grpc-port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     assert proc.stdout is not None
     ready = json.loads(proc.stdout.readline())
     return proc, int(ready["http_port"]), int(ready["grpc_port"])
@@ -175,9 +160,9 @@ def main() -> None:
         run(repository.resolve(), args)
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run."""
-    words = [".venv/bin/python bench/gateway_overhead.py", f"--model {args.model}"]
+def command_line(args: argparse.Namespace, script: str = "gateway_overhead.py") -> str:
+    """The command that reproduces this run of ``bench/<script>``."""
+    words = [f".venv/bin/python bench/{script}", f"--model {args.model}"]
     if args.repository is not None:
         words.append(f"--repository {args.repository}")
     words.append(f"--requests {args.requests} --duration-s {args.duration_s:g}")

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from gateway_overhead import interleaved, sample_request, throughput
+from gateway_overhead import command_line, interleaved, sample_request, start_gateway, throughput
 from tritonclient.utils import np_to_triton_dtype
 
 from builders.triton.flavour import write_python_flavour
@@ -50,19 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DIRECT = "Triton direct, tensors"
 DIRECT_TASK = "Triton direct + task code"
-
-
-def start_gateway(repository: Path, triton: TritonServer) -> tuple[subprocess.Popen[str], int, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(GATEWAY_LOG_LEVEL="warning", GATEWAY_RELOAD_INTERVAL_S="0")
-    metrics_url = f"http://127.0.0.1:{triton.metrics_port}/metrics"
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository)]
-    command += ["--backend", "triton", "--triton-url", triton.grpc_url]
-    command += ["--triton-metrics-url", metrics_url, "--http-port", "0", "--grpc-port", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    assert proc.stdout is not None
-    ready = json.loads(proc.stdout.readline())
-    return proc, int(ready["http_port"]), int(ready["grpc_port"])
 
 
 def family_subset(repository: Path, family: str, out: Path) -> Path:
@@ -133,7 +119,10 @@ def run(repository: Path, workdir: Path, args: argparse.Namespace) -> None:
         io_.run(items, capture, options)
         graph_inputs = captured[0]
 
-        proc, http_port, grpc_port = start_gateway(served, triton)
+        metrics_url = f"http://127.0.0.1:{triton.metrics_port}/metrics"
+        triton_args = ["--backend", "triton", "--triton-url", triton.grpc_url]
+        triton_args += ["--triton-metrics-url", metrics_url]
+        proc, http_port, grpc_port = start_gateway(served, *triton_args)
         try:
             results = measure(
                 args,
@@ -265,11 +254,7 @@ def report(args: argparse.Namespace, task: str, results: dict[str, Any]) -> None
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"triton_overhead_{args.model}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    command = f".venv/bin/python bench/triton_overhead.py --model {args.model}"
-    if args.repository is not None:
-        command += f" --repository {args.repository}"
-    command += f" --requests {args.requests} --duration-s {args.duration_s:g} --clients "
-    command += " ".join(str(c) for c in args.clients)
+    command = command_line(args, "triton_overhead.py")
     markdown = "\n".join(
         [
             "# Gateway overhead in front of Triton",
