@@ -396,7 +396,7 @@ def build_repository(root: Path) -> Path:
         IMAGE_IN,
         IMAGE_OUT,
     )
-    slow = image_graph(heavy_rows=256, heavy_layers=30)
+    slow = image_graph(heavy_rows=256, heavy_layers=60)
     _write_family(
         repo,
         "slow",

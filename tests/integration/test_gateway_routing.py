@@ -117,6 +117,7 @@ def _slow_request(protocol: str, url: str, start: threading.Barrier | None = Non
     client = lib.InferenceServerClient(url)
     tensor = lib.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(image_input(0)[0][2])
+    client.is_server_live()  # channels connect lazily; connect now so the requests go out together
     if start is not None:
         start.wait(30)  # every client is connected before any request goes out
     try:
