@@ -146,13 +146,20 @@ def test_overload_is_shed_fast(gw, protocol):
     assert shed_count == outcomes.count(shed)
 
 
+def _wait_for_in_flight(gw, count: int, **labels: str) -> None:
+    deadline = time.monotonic() + 30
+    while metric(gw.scrape(), "gateway_in_flight", **labels) < count:
+        assert time.monotonic() < deadline, f"{count} requests never in flight at once"
+        time.sleep(0.005)
+
+
 def test_shedding_is_fast(gw):
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     tensor = grpcclient.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(image_input(0)[0][2])
     with ThreadPoolExecutor(4) as pool:
         running = [pool.submit(_slow_request, "grpc", gw.grpc_url) for _ in range(4)]
-        time.sleep(0.05)  # the four are admitted and running
+        _wait_for_in_flight(gw, model="slow", variant="fp32", count=4)
         start = time.perf_counter()
         with pytest.raises(InferenceServerException) as info:
             client.infer("slow__fp32", [tensor])

@@ -254,6 +254,8 @@ def gateway_traffic(gateway: Any) -> dict[str, list[str]]:
         slow_budget = {"latency_budget_ms": 20}
         clients = [grpcclient.InferenceServerClient(gateway.grpc_url) for _ in range(3)]
         try:
+            for c in clients:
+                c.is_server_live()  # connect now, so the three requests go out together
             with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
                 futures = [
                     pool.submit(_call, Wire("grpc", c), "slow", parameters=slow_budget)
