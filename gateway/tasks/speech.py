@@ -1,4 +1,4 @@
-"""Audio → text: WAV decoding, log-mel features and CTC greedy decoding.
+"""Audio → text: WAV decoding, log-mel features and CTC decoding (lexicon or greedy).
 
 The speech graph takes ``features`` FP32 [B, T, n_mels] (zero-padded along T) and returns
 ``log_probs`` FP32 [B, T', V]. Its front end is one strided convolution over time, so an item
@@ -31,6 +31,7 @@ import numpy.typing as npt
 from scipy.signal import resample_poly
 
 from gateway.tasks.base import RunGraph, TaskInputError, pad_stack
+from gateway.tasks.ctc_lexicon import LexiconDecoder
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -200,18 +201,6 @@ def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
     return row[-1]
 
 
-def nearest_word(word: str, lexicon: tuple[str, ...]) -> str:
-    """The lexicon word with the fewest character edits from ``word``.
-
-    Ties go to the closer length, then to the earlier lexicon entry, so decoding is
-    deterministic. Character CTC mostly errs by a letter or two, which this repairs when the
-    application's vocabulary is closed (commands, digits).
-    """
-    if word in lexicon:
-        return word
-    return min(lexicon, key=lambda w: (edit_distance(word, w), abs(len(w) - len(word))))
-
-
 class SpeechTask:
     """Waveforms (or WAV bytes) in, transcripts out, through one speech graph."""
 
@@ -228,7 +217,7 @@ class SpeechTask:
         self.blank_index: int = int(spec["blank_index"])
         self.max_duration_s: float = float(spec["max_duration_s"])
         self.lexicon: tuple[str, ...] = tuple(spec.get("lexicon", ()))
-        """Closed vocabulary: when set, each decoded word becomes the nearest lexicon word."""
+        """Closed vocabulary: when set, decoding returns the likeliest sequence of its words."""
 
     def features(self, item: FloatArray | bytes) -> FloatArray:
         """Validate one waveform (or WAV bytes) and compute its log-mel features.
@@ -261,15 +250,19 @@ class SpeechTask:
         return log_mel(waveform.astype(np.float32, copy=False), self.settings)
 
     def decode(self, log_probs: npt.NDArray[Any], num_frames: int) -> str:
-        """CTC greedy decoding of one item's first ``num_frames`` output frames."""
+        """Decode one item's first ``num_frames`` output frames.
+
+        With a lexicon, the best-scoring sequence of lexicon words (see ``ctc_lexicon``);
+        without one, CTC greedy decoding (open vocabulary).
+        """
+        if self.lexicon:
+            decoder = _lexicon_decoder(tuple(self.vocabulary), self.blank_index, self.lexicon)
+            return decoder.decode(log_probs[:num_frames])
         best = np.argmax(log_probs[:num_frames], axis=-1)
         keep = np.ones_like(best, dtype=bool)
         keep[1:] = best[1:] != best[:-1]
         chars = [self.vocabulary[i] for i in best[keep] if i != self.blank_index]
-        words = "".join(chars).split()
-        if self.lexicon:
-            words = [nearest_word(w, self.lexicon) for w in words]
-        return " ".join(words)
+        return " ".join("".join(chars).split())
 
     def run(self, waveforms: list[FloatArray | bytes], run_graph: RunGraph) -> list[str]:
         """Transcribe a batch: features per item, one padded graph call, per-item decoding.
@@ -297,3 +290,11 @@ class SpeechTask:
         return [
             self.decode(log_probs[i], self.output_frames(f.shape[0])) for i, f in enumerate(feats)
         ]
+
+
+@functools.lru_cache(maxsize=8)
+def _lexicon_decoder(
+    vocabulary: tuple[str, ...], blank_index: int, lexicon: tuple[str, ...]
+) -> LexiconDecoder:
+    """One decoder per (vocabulary, lexicon): building the word loop is done once."""
+    return LexiconDecoder(vocabulary, blank_index, lexicon)

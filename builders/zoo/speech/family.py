@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy.typing as npt
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from builders.zoo.api import MetricSpec
 from builders.zoo.speech import corpus, evaluation, pruning, recipe, training
-from builders.zoo.speech.model import SpeechConfig, SpeechCTC, export_onnx
+from builders.zoo.speech.model import SpeechCTC, export_onnx, load_checkpoint
 from gateway.tasks.base import RunGraph, Task
 from gateway.tasks.speech import SpeechTask, log_mel
 
@@ -48,10 +47,7 @@ class SpeechFamily:
 
     def load(self) -> nn.Module:
         """Load the checkpoint into a :class:`SpeechCTC` in eval mode."""
-        config = SpeechConfig.load(self.checkpoint_dir / "config.json")
-        model = SpeechCTC(config)
-        model.load_state_dict(load_file(self.checkpoint_dir / "model.safetensors"))
-        return model.eval()
+        return load_checkpoint(self.checkpoint_dir)
 
     def train(self, out_dir: Path) -> dict[str, float]:
         """Run the seeded recipe (espeak-ng synthesis + CTC training) into ``out_dir``."""

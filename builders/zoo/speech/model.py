@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -117,6 +118,13 @@ class SpeechCTC(nn.Module):
             h0 = x.new_zeros(2, 1, hidden).expand(2, x.shape[0], hidden)
             x, _ = gru(x, h0.contiguous())
         return torch.log_softmax(self.head(x), dim=-1)
+
+
+def load_checkpoint(directory: Path) -> SpeechCTC:
+    """A model from ``config.json`` + ``model.safetensors`` in ``directory``, in eval mode."""
+    model = SpeechCTC(SpeechConfig.load(directory / "config.json"))
+    model.load_state_dict(load_file(directory / "model.safetensors"))
+    return model.eval()
 
 
 def count_parameters(module: nn.Module) -> int:
