@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-NEG_INF = -1e30
-
 # The states outside words: blanks before the first word, the space between words, and blanks
 # after that space.
 _START, _SPACE, _GAP = 0, 1, 2
@@ -63,70 +61,87 @@ class LexiconDecoder:
                 skip.append(k >= 2 and label != blank_index and chain[k - 2] != label)
         self.labels = np.array(labels, dtype=np.int64)
         self.word = np.array(word, dtype=np.int64)
-        self.first = np.array(first)
-        self.last = np.array(last)
-        self.advance = ~self.first  # a word's state follows the one before it
-        self.skip = np.array(skip)
+        self.exits = np.flatnonzero(last)
+        """States where a word may end: its last character or the blank after it."""
+        # Additive penalties (0 or -inf) on the ways into a word state, so that one frame is a
+        # handful of whole-array operations.
+        no = np.float32(-np.inf)
+        self._from_previous = np.where(first, no, 0.0).astype(np.float32)
+        self._from_two_back = np.where(skip, 0.0, no).astype(np.float32)
+        self._from_gap = np.where(first, 0.0, no).astype(np.float32)
 
     def decode(self, log_probs: npt.NDArray[np.floating[Any]]) -> str:
         """The best word sequence for one item's log-probabilities [T', V] ("" for silence)."""
-        log_probs = np.asarray(log_probs, dtype=np.float64)
+        log_probs = np.asarray(log_probs, dtype=np.float32)
         if log_probs.ndim != 2 or log_probs.shape[0] == 0:
             return ""
-        states = self.labels.size
-        # Back-pointers: each decoded word is a node (parent node, word index); node 0 is the
-        # empty history.
-        parents: list[int] = [-1]
-        node_words: list[int] = [-1]
-        score = np.where(self.first, log_probs[0, self.labels], NEG_INF)
-        history = np.zeros(states, dtype=np.int64)
-        gap = np.array([log_probs[0, self.blank], NEG_INF, NEG_INF])
-        gap_history = np.zeros(3, dtype=np.int64)
-        columns = np.arange(states)
-        for frame in log_probs[1:]:
-            # Where each word state can come from: itself, the previous state, two back, or
-            # (for a word's first character) the best gap state.
-            entry = int(np.argmax(gap))
-            candidates = np.full((4, states), NEG_INF)
-            candidates[0] = score
-            candidates[1, 1:] = np.where(self.advance[1:], score[:-1], NEG_INF)
-            candidates[2, 2:] = np.where(self.skip[2:], score[:-2], NEG_INF)
-            candidates[3] = np.where(self.first, gap[entry], NEG_INF)
-            sources = np.stack(
-                [
-                    history,
-                    np.roll(history, 1),
-                    np.roll(history, 2),
-                    np.full(states, gap_history[entry]),
-                ]
-            )
-            choice = np.argmax(candidates, axis=0)
-            new_score = candidates[choice, columns] + frame[self.labels]
-            new_history = sources[choice, columns]
+        frames = log_probs.shape[0]
+        emissions = log_probs[:, self.labels]
+        # Every frame's scores are kept: the trace back recomputes which way each state was
+        # entered, which is cheaper than recording it (an argmax) at every frame.
+        scores = np.empty_like(emissions)
+        gaps = np.full((frames, 3), -np.inf, dtype=np.float32)
+        space_after = np.full(frames, -1, dtype=np.int64)
+        """The word state the space was entered from at each frame (-1: it stayed a space)."""
 
-            ended = int(np.argmax(np.where(self.last, score, NEG_INF)))
-            new_gap = np.full(3, NEG_INF)
-            new_gap_history = np.zeros(3, dtype=np.int64)
-            new_gap[_START] = gap[_START] + frame[self.blank]
-            if self.last[ended] and score[ended] > gap[_SPACE]:
-                parents.append(int(history[ended]))
-                node_words.append(int(self.word[ended]))
-                new_gap[_SPACE], new_gap_history[_SPACE] = score[ended], len(parents) - 1
+        scores[0] = emissions[0] + self._from_gap
+        gaps[0, _START] = log_probs[0, self.blank]
+        for t in range(1, frames):
+            score, gap, new = scores[t - 1], gaps[t - 1], scores[t]
+            new[:] = score
+            np.maximum(new[1:], score[:-1] + self._from_previous[1:], out=new[1:])
+            np.maximum(new[2:], score[:-2] + self._from_two_back[2:], out=new[2:])
+            np.maximum(new, gap.max() + self._from_gap, out=new)
+            new += emissions[t]
+
+            blank, space = log_probs[t, self.blank], log_probs[t, self.space]
+            ended = self.exits[int(np.argmax(score[self.exits]))]
+            gaps[t, _START] = gap[_START] + blank
+            if score[ended] > gap[_SPACE]:
+                space_after[t] = ended
+                gaps[t, _SPACE] = score[ended] + space
             else:
-                new_gap[_SPACE], new_gap_history[_SPACE] = gap[_SPACE], gap_history[_SPACE]
-            new_gap[_SPACE] += frame[self.space]
-            after = _SPACE if gap[_SPACE] >= gap[_GAP] else _GAP
-            new_gap[_GAP] = gap[after] + frame[self.blank]
-            new_gap_history[_GAP] = gap_history[after]
-            score, history, gap, gap_history = new_score, new_history, new_gap, new_gap_history
+                gaps[t, _SPACE] = gap[_SPACE] + space
+            gaps[t, _GAP] = max(gap[_SPACE], gap[_GAP]) + blank
 
         # The transcript ends after a word's last character (or its blank), or it is empty.
-        ended = int(np.argmax(np.where(self.last, score, NEG_INF)))
-        if not (self.last[ended] and score[ended] > gap[_START]):
+        ended = self.exits[int(np.argmax(scores[-1, self.exits]))]
+        if not scores[-1, ended] > gaps[-1, _START]:
             return ""
-        words = [int(self.word[ended])]
-        node = int(history[ended])
-        while node > 0:
-            words.append(node_words[node])
-            node = parents[node]
-        return " ".join(self.words[w] for w in reversed(words))
+        path = self._trace_back(int(ended), scores, gaps, space_after)
+        return " ".join(self.words[w] for w in path)
+
+    def _trace_back(
+        self,
+        final_state: int,
+        scores: npt.NDArray[np.float32],
+        gaps: npt.NDArray[np.float32],
+        space_after: npt.NDArray[np.int64],
+    ) -> list[int]:
+        """Lexicon indices of the words on the best path that ends in ``final_state``."""
+        words = [int(self.word[final_state])]
+        state, gap_state = final_state, -1  # gap_state >= 0 while the path is between words
+        for t in range(scores.shape[0] - 1, 0, -1):
+            score, gap = scores[t - 1], gaps[t - 1]
+            if gap_state < 0:
+                # The forward pass's four candidates again; the best one is the way in.
+                no = -np.inf
+                ways = (
+                    score[state],
+                    score[state - 1] + self._from_previous[state] if state >= 1 else no,
+                    score[state - 2] + self._from_two_back[state] if state >= 2 else no,
+                    gap.max() + self._from_gap[state],
+                )
+                way = max(range(4), key=ways.__getitem__)  # ties: the first, as argmax
+                if way == 3:
+                    gap_state = int(np.argmax(gap))
+                else:
+                    state -= way
+            elif gap_state == _SPACE and space_after[t] >= 0:
+                state, gap_state = int(space_after[t]), -1
+                words.append(int(self.word[state]))
+            elif gap_state == _GAP:
+                gap_state = _SPACE if gap[_SPACE] >= gap[_GAP] else _GAP
+            # A space that stayed a space, or the blanks before the first word, stay put.
+        words.reverse()
+        return words
