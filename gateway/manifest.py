@@ -64,6 +64,12 @@ class LatencyPoint(_Strict):
     p95_s: float = Field(ge=0)
     p99_s: float = Field(ge=0)
     throughput_per_s: float = Field(ge=0, description="Items per second at this point.")
+    graph_p50_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Median time per request spent inside the graph; the rest of p50_s is the "
+        "task's pre/post-processing (decoding, features, the autoregressive loop).",
+    )
 
 
 class Variant(_Strict):

@@ -30,6 +30,10 @@ def test_every_family_has_a_valid_manifest_and_report(quick_repository: Path) ->
         assert {"fp32", "fp16", "int8", "pruned-50", "pruned-50-int8"} <= kinds
         assert manifest.variant("fp32").status == "published"
         assert any(v.recommended for v in manifest.published())
+        for v in manifest.variants:
+            for point in v.latency:
+                # Per request the graph's share is part of the whole, so its median is too.
+                assert point.graph_p50_s is not None and 0 < point.graph_p50_s <= point.p50_s
         report = (quick_repository / f"{family}.report.md").read_text()
         for v in manifest.variants:
             assert f"| {v.name} |" in report
