@@ -10,12 +10,12 @@ import torch
 
 from builders.zoo.api import ZooFamily
 from builders.zoo.registry import get_family
-from builders.zoo.speech import corpus, evaluation
+from builders.zoo.speech import corpus, evaluation, training
 from builders.zoo.speech.family import FAMILY
 from builders.zoo.speech.model import SpeechConfig, SpeechCTC, count_parameters
 from builders.zoo.speech.pruning import prune
 from gateway.tasks.base import pad_stack
-from gateway.tasks.speech import log_mel
+from gateway.tasks.speech import SpeechTask, log_mel
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "builders" / "zoo" / "speech" / "checkpoint"
 METRICS = json.loads((CHECKPOINT / "metrics.json").read_text())
@@ -228,3 +228,13 @@ def test_word_list_is_clean() -> None:
     assert len(words) == len(set(words)) >= 200
     assert all(w.isalpha() and w.islower() for w in words)
     assert not set(words) & set(corpus.DIGIT_WORDS)
+
+
+def test_parallel_synthesis_gives_the_same_examples() -> None:
+    task = FAMILY.make_task(FAMILY.assets_dir)
+    assert isinstance(task, SpeechTask)
+    one = training.make_examples(6, 11, task, log=lambda _: None, workers=1)
+    two = training.make_examples(6, 11, task, log=lambda _: None, workers=2)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.targets, b.targets)

@@ -1,7 +1,7 @@
 """Seeded training recipe for the speech family.
 
 ``python -m builders.zoo.speech.recipe`` synthesises training audio with espeak-ng, trains the
-Conv1d + BiGRU CTC model on one CPU thread, scores it in torch and ONNX Runtime on the
+Conv1d + BiGRU CTC model on two CPU threads, scores it in torch and ONNX Runtime on the
 committed held-out split, and writes ``checkpoint/{model.safetensors,config.json,
 metrics.json}``. ``--splits`` first rewrites the committed ``data/eval.npz`` and
 ``data/calibration.npz``; ``--rescore`` only scores the committed checkpoint again.
@@ -56,9 +56,9 @@ class RecipeConfig:
     length_window: int = 4
     """Each batch is drawn from this many batches' worth of utterances of similar length, so
     little time goes into padding."""
-    threads: int = 1
-    """Torch threads. One thread is the fastest choice on a shared 2-core machine, where
-    spinning OpenMP workers of a second thread lose more than they gain."""
+    threads: int = 2
+    """Torch threads, and espeak-ng processes while synthesising. On an otherwise idle 2-core
+    machine a step takes 0.12 s with two threads against 0.15 s with one."""
 
     def __post_init__(self) -> None:
         counts = (
@@ -175,7 +175,9 @@ def train(
     task = SpeechTask(ASSETS_DIR)
     start_s = time.perf_counter()
     log(f"synthesising {config.train_utterances} training utterances")
-    examples = training.make_examples(config.train_utterances, config.seed, task, log)
+    examples = training.make_examples(
+        config.train_utterances, config.seed, task, log, workers=config.threads
+    )
     model = SpeechCTC(SpeechConfig(vocab_size=len(task.vocabulary)))
     training.set_normalisation(model, examples)
     log(f"training {count_parameters(model)} parameters for {config.steps} steps")

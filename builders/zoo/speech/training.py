@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -60,23 +61,34 @@ def sample_training_utterances(count: int, rng: np.random.Generator) -> list[cor
 
 
 def make_examples(
-    count: int, seed: int, task: SpeechTask, log: Callable[[str], None] = print
+    count: int,
+    seed: int,
+    task: SpeechTask,
+    log: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> list[Example]:
     """Synthesise ``count`` utterances from training voices and compute their features.
 
     The features come from the serving code's own ``log_mel``, so training sees exactly what
-    the gateway computes.
+    the gateway computes. ``workers`` espeak-ng processes run at once; the result does not
+    depend on how many.
     """
     rng = np.random.default_rng(seed)
     utterances = sample_training_utterances(count, rng)
+    gains = [10.0 ** (rng.uniform(*GAIN_DB) / 20.0) for _ in utterances]
+
+    def example(utt: corpus.Utterance, gain: float) -> Example:
+        waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
+        return Example(log_mel(waveform, task.settings), encode(utt.transcript, task))
+
     examples = []
     start_s = time.perf_counter()
-    for i, utt in enumerate(utterances):
-        gain = 10.0 ** (rng.uniform(*GAIN_DB) / 20.0)
-        waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
-        examples.append(Example(log_mel(waveform, task.settings), encode(utt.transcript, task)))
-        if (i + 1) % 2000 == 0 or i + 1 == count:
-            log(f"  synthesised {i + 1}/{count} utterances ({time.perf_counter() - start_s:.0f} s)")
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, made in enumerate(pool.map(example, utterances, gains)):
+            examples.append(made)
+            if (i + 1) % 2000 == 0 or i + 1 == count:
+                elapsed_s = time.perf_counter() - start_s
+                log(f"  synthesised {i + 1}/{count} utterances ({elapsed_s:.0f} s)")
     return examples
 
 
