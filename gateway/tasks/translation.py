@@ -2,7 +2,7 @@
 
 The graph takes ``src_ids`` [B,S] and ``tgt_ids`` [B,T] (INT64, pad-masked) and returns the
 next-token ``logits`` [B,V] after each row's last non-pad target token. Decoding calls it once
-per output token for the whole batch; rows that have finished keep emitting pad.
+per output token with the batch's unfinished rows; finished rows are padded.
 """
 
 from __future__ import annotations
@@ -74,13 +74,16 @@ class TranslationTask:
         tgt = np.full((len(encoded), 1), self.bos_id, np.int64)
         done = np.zeros(len(encoded), dtype=bool)
         for step in range(int(caps.max())):
-            logits = np.asarray(run_graph({"src_ids": src, "tgt_ids": tgt})["logits"])
-            if logits.ndim != 2 or logits.shape[0] != len(encoded):
+            # Only unfinished rows go to the graph; each row's logits depend on its own ids.
+            rows = np.flatnonzero(~done)
+            feeds = {"src_ids": src[rows], "tgt_ids": tgt[rows]}
+            logits = np.asarray(run_graph(feeds)["logits"])
+            if logits.ndim != 2 or logits.shape[0] != rows.size:
                 raise ValueError(f"graph returned logits of shape {logits.shape}")
-            token = self._next_tokens(logits)
-            token[done] = self.pad_id
+            token = np.full(len(encoded), self.pad_id, np.int64)
+            token[rows] = self._next_tokens(logits)
             tgt = np.concatenate([tgt, token[:, None]], axis=1)
-            done |= (token == self.eos_id) | (step + 1 >= caps)
+            done[rows] = (token[rows] == self.eos_id) | (step + 1 >= caps[rows])
             if done.all():
                 break
         return [self._detokenize(row) for row in tgt[:, 1:]]

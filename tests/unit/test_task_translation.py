@@ -45,12 +45,15 @@ def test_greedy_loop_round_trips_texts_of_different_lengths(task: TranslationTas
     graph = copy_graph(task)
     assert task.run(texts, graph) == texts
     lengths = [len(task.processor.encode(t)) + 1 for t in texts]  # with </s>
-    assert len(graph.calls) == max(lengths)  # one call per output step, the whole batch each
+    assert len(graph.calls) == max(lengths)  # one call per output step
+    # Each call carries only the rows still translating: all three until the shortest ends.
+    rows_per_call = [src.shape[0] for src, _ in graph.calls]
+    assert rows_per_call == [sum(n > step for n in lengths) for step in range(max(lengths))]
     src, tgt = graph.calls[-1]
-    assert src.shape == (3, max(lengths)) and tgt.shape == (3, max(lengths))
+    assert src.shape == (1, max(lengths)) and tgt.shape == (1, max(lengths))
+    first_src, _ = graph.calls[0]
     shortest = int(np.argmin(lengths))
-    assert (tgt[shortest, lengths[shortest] + 1 :] == task.pad_id).all()  # finished rows pad
-    assert (src[shortest, lengths[shortest] :] == task.pad_id).all()
+    assert (first_src[shortest, lengths[shortest] :] == task.pad_id).all()  # padded source
 
 
 def test_whitespace_is_normalised_like_the_corpus(task: TranslationTask) -> None:
