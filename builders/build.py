@@ -206,7 +206,8 @@ def _derive(
     elif wants_pruned and module is not None:
         for ratio in spec.pruning_ratios:
             name = pruned_name(ratio)
-            progress(f"{family.name}: pruning {ratio:.0%} + {spec.recover_budget_s:.0f} s recovery")
+            budget = f"{spec.recover_budget_s:.0f} s"
+            progress(f"{family.name}: pruning {ratio:.0%} + recovery ({budget} of a 2-core CPU)")
             pruned = family.prune(copy.deepcopy(module), ratio)
             pruned = family.recover(pruned, module, spec.recover_budget_s)
             graph = workdir / f"{name}.onnx"

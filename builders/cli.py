@@ -25,7 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     build.add_argument("--variants", nargs="+", default=list(VARIANT_KINDS), choices=VARIANT_KINDS)
     build.add_argument("--pruning-ratios", nargs="+", type=float, default=[0.25, 0.5])
-    build.add_argument("--recover-budget-s", type=float, default=60.0)
+    build.add_argument(
+        "--recover-budget-s",
+        type=float,
+        default=60.0,
+        help="recovery fine-tune of each pruned model, in seconds of a 2-core CPU; each family "
+        "turns it into a fixed step count, so results do not depend on the machine (default 60)",
+    )
     build.add_argument(
         "--max-quality-drop",
         type=float,

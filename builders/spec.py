@@ -45,7 +45,9 @@ class BuildSpec:
     """Variant kinds; ``pruned`` and ``pruned-int8`` expand to one per pruning ratio."""
     pruning_ratios: tuple[float, ...] = (0.25, 0.5)
     recover_budget_s: float = 60.0
-    """Wall-clock budget of each pruned model's recovery fine-tune."""
+    """Length of each pruned model's recovery fine-tune, in seconds of a 2-core CPU. Each
+    family turns it into a fixed number of steps (its steps per second on such a machine),
+    so a build makes the same pruned models on any machine, only sooner or later."""
     max_quality_drop: float = 2.0
     """Points of the primary metric a variant may lose against fp32 and still be published."""
     eval_limit: int | None = None

@@ -75,7 +75,11 @@ class ZooFamily(Protocol):
         ...
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
-        """Short recovery fine-tune of a pruned module (distillation allowed), bounded in time."""
+        """Short recovery fine-tune of a pruned module (distillation allowed).
+
+        ``budget_s`` is seconds of a 2-core CPU, which the family turns into a fixed step
+        count, so the same budget gives the same module on any machine.
+        """
         ...
 
 

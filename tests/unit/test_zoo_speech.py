@@ -1,6 +1,6 @@
+import copy
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -176,17 +176,19 @@ def test_prune_is_smaller_and_runs(
 
 
 @pytest.mark.slow
-def test_recover_is_bounded_and_improves_a_pruned_model(model: SpeechCTC) -> None:
+def test_recover_improves_a_pruned_model_reproducibly(model: SpeechCTC) -> None:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     pruned = FAMILY.prune(model, 0.5)
     before = FAMILY.evaluate(FAMILY.torch_runner(pruned), limit=48)["wer"]
-    start_s = time.perf_counter()
-    recovered = FAMILY.recover(pruned, model, budget_s=15.0)
-    assert time.perf_counter() - start_s < 15.0 + 5.0
+    recovered = FAMILY.recover(copy.deepcopy(pruned), model, budget_s=15.0)
     assert isinstance(recovered, SpeechCTC) and recovered.config == pruned.config
     after = FAMILY.evaluate(FAMILY.torch_runner(recovered), limit=48)["wer"]
     assert after < before
+    # The budget is a step count, not a clock: the same budget gives the same weights.
+    short = [FAMILY.recover(copy.deepcopy(pruned), model, budget_s=1.0) for _ in range(2)]
+    for a, b in zip(short[0].state_dict().values(), short[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_splits_keep_eval_voices_unseen() -> None:

@@ -1,6 +1,5 @@
 import json
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -301,13 +300,15 @@ def test_distillation_from_an_identical_teacher_adds_nothing(model: Translator) 
     assert float(mixed) == pytest.approx(0.5 * float(ce), abs=1e-5)
 
 
-def test_recovery_respects_its_budget_and_keeps_the_input(model: Translator) -> None:
+def test_recovery_is_reproducible_and_keeps_the_input(model: Translator) -> None:
     pruned = FAMILY.prune(model, 0.5)
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
-    started = time.monotonic()
-    recovered = FAMILY.recover(pruned, model, budget_s=4.0)
-    assert time.monotonic() - started < 4.0 + 2.0
+    recovered = FAMILY.recover(pruned, model, budget_s=2.0)
     assert isinstance(recovered, Translator) and recovered.cfg == pruned.cfg
     assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in recovered.state_dict().items())
     assert not recovered.training
+    # The budget is a step count, not a clock: the same budget gives the same weights.
+    again = FAMILY.recover(pruned, model, budget_s=2.0)
+    for a, b in zip(recovered.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -28,7 +28,10 @@ from gateway.tasks.vision import ImageTask
 RECOVERY_LR = 1e-3
 """Peak learning rate of the recovery fine-tune (a third of the training rate)."""
 RECOVERY_EPOCHS = 30
-"""Length of the recovery fine-tune when the time budget allows it (about 5 s)."""
+"""Longest recovery fine-tune (about 7 s); a smaller budget stops it sooner."""
+RECOVER_STEPS_PER_S = 100.0
+"""Recovery steps a 2-core machine runs per second: a recovery budget becomes a fixed number
+of steps, so a build gives the same pruned models on a faster or a slower machine."""
 
 
 class DigitsFamily:
@@ -84,9 +87,11 @@ class DigitsFamily:
         return prune_digits(as_module(module, DigitsCNN), ratio)
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
-        """Fine-tune with cross-entropy on the training split for at most ``budget_s`` s.
+        """Fine-tune with cross-entropy on the training split.
 
-        The labels are available and exact, so the teacher is not needed here.
+        ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S`` (at most
+        ``RECOVERY_EPOCHS`` epochs): reproducible results. The labels are available and
+        exact, so the teacher is not needed here.
         """
         model: DigitsCNN = as_module(module, DigitsCNN)
         cfg = recipe.RecipeConfig()
@@ -96,8 +101,12 @@ class DigitsFamily:
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
         try:
-            steps = recipe.steps_for(RECOVERY_EPOCHS, len(targets), cfg.batch_size)
-            recipe.fit(model, inputs, targets, steps, RECOVERY_LR, cfg, lambda _: None, budget_s)
+            steps = min(
+                recipe.steps_for(RECOVERY_EPOCHS, len(targets), cfg.batch_size),
+                round(budget_s * RECOVER_STEPS_PER_S),
+            )
+            if steps > 0:
+                recipe.fit(model, inputs, targets, steps, RECOVERY_LR, cfg, lambda _: None)
         finally:
             torch.set_num_threads(threads)
         return model

@@ -91,12 +91,10 @@ def fit(
     lr: float,
     cfg: RecipeConfig,
     log: Log,
-    budget_s: float | None = None,
 ) -> int:
     """Cross-entropy training with AdamW and a cosine schedule over ``steps`` steps.
 
-    Stops early at the first step past ``budget_s`` seconds when a budget is given; returns
-    the number of steps taken. The model is left in eval mode.
+    Returns the number of steps taken. The model is left in eval mode.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout draws from the global generator
@@ -105,7 +103,7 @@ def fit(
     model.train()
     start = time.monotonic()
     step = 0
-    while step < steps and (budget_s is None or time.monotonic() - start < budget_s):
+    while step < steps:
         order = torch.randperm(len(labels), generator=generator)
         for first in range(0, len(labels), cfg.batch_size):
             index = order[first : first + cfg.batch_size]
@@ -116,8 +114,7 @@ def fit(
             optimizer.step()
             schedule.step()
             step += 1
-            over_budget = budget_s is not None and time.monotonic() - start >= budget_s
-            if step >= steps or over_budget:
+            if step >= steps:
                 break
         if step % (10 * -(-len(labels) // cfg.batch_size)) == 0 or step >= steps:
             log(f"step {step}/{steps}  loss {loss.item():.4f}  {time.monotonic() - start:.1f}s")

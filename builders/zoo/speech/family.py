@@ -17,6 +17,9 @@ from gateway.tasks.base import RunGraph, Task
 from gateway.tasks.speech import SpeechTask, log_mel
 
 PRUNE_CALIBRATION_UTTERANCES = 32
+RECOVER_STEPS_PER_S = 3.0
+"""Recovery steps a 2-core machine runs per second: a recovery budget becomes a fixed number
+of steps, so a build gives the same pruned models on a faster or a slower machine."""
 """Calibration utterances whose activations rank units for pruning."""
 
 
@@ -81,13 +84,19 @@ class SpeechFamily:
         return pruning.prune(_as_speech(module), ratio, feats)
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
-        """Fine-tune a pruned module for at most ``budget_s`` s (CTC + teacher distillation)."""
+        """Fine-tune a pruned module with CTC and distillation from ``teacher``.
+
+        ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
+        """
         threads = torch.get_num_threads()
         # The batches are small: one thread avoids OpenMP spinning on a busy machine.
         torch.set_num_threads(1)
         try:
             return training.recover(
-                _as_speech(module), _as_speech(teacher), self.speech_task(), budget_s
+                _as_speech(module),
+                _as_speech(teacher),
+                self.speech_task(),
+                steps=round(budget_s * RECOVER_STEPS_PER_S),
             )
         finally:
             torch.set_num_threads(threads)

@@ -215,19 +215,19 @@ def recover(
     student: SpeechCTC,
     teacher: SpeechCTC,
     task: SpeechTask,
-    budget_s: float,
+    steps: int,
     seed: int = 7,
     lr: float = 1e-3,
     log: Callable[[str], None] = print,
 ) -> SpeechCTC:
-    """Fine-tune a pruned ``student`` for at most ``budget_s`` seconds of wall time.
+    """Fine-tune a pruned ``student`` for ``steps`` optimizer steps (deterministic).
 
     Each step synthesises a few fresh training-voice utterances into a growing pool and
     trains on a batch drawn from it, with CTC on the transcripts plus distillation towards
-    the ``teacher``'s per-frame distribution. The learning rate decays linearly with the
-    elapsed fraction of the budget. Returns the student in eval mode.
+    the ``teacher``'s per-frame distribution. The learning rate decays linearly over the
+    steps. Returns the student in eval mode.
     """
-    if budget_s <= 0:
+    if steps <= 0:
         return student.eval()
     rng = np.random.default_rng(seed)
     pool: list[Example] = []
@@ -235,8 +235,7 @@ def recover(
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-2)
     start_s = time.perf_counter()
-    step = 0
-    while (elapsed_s := time.perf_counter() - start_s) < budget_s:
+    for step in range(steps):
         for utt in sample_training_utterances(RECOVER_NEW_PER_STEP, rng):
             gain = 10.0 ** (rng.uniform(*GAIN_DB) / 20.0)
             waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
@@ -254,13 +253,13 @@ def recover(
         )
         loss = ctc + kl
         for group in optimizer.param_groups:
-            group["lr"] = lr * max(0.05, 1.0 - elapsed_s / budget_s)
+            group["lr"] = lr * max(0.05, 1.0 - step / steps)
         optimizer.zero_grad()
         torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
-        step += 1
-        if step % 50 == 0:
-            losses = f"ctc {float(ctc):.3f}  kl {float(kl):.3f}"
-            log(f"  recover step {step}  {losses}  {elapsed_s:.0f} s")
+        if (step + 1) % 50 == 0:
+            losses = f"ctc {float(ctc.detach()):.3f}  kl {float(kl.detach()):.3f}"
+            elapsed_s = time.perf_counter() - start_s
+            log(f"  recover step {step + 1}/{steps}  {losses}  {elapsed_s:.0f} s")
     return student.eval()

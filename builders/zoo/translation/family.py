@@ -20,6 +20,9 @@ from gateway.tasks.translation import TranslationTask
 
 CALIBRATION_BATCH = 8
 CALIBRATION_SEED = 99
+RECOVER_STEPS_PER_S = 2.0
+"""Recovery steps a 2-core machine runs per second: a recovery budget becomes a fixed number
+of steps, so a build gives the same pruned models on a faster or a slower machine."""
 
 
 def load_checkpoint(checkpoint_dir: Path) -> Translator:
@@ -108,8 +111,12 @@ class TranslationFamily:
         return prune.prune(_translator(module), ratio)
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
-        """Fine-tune the pruned ``module`` for at most ``budget_s`` seconds on the train split."""
-        return prune.recover(_translator(module), _translator(teacher), budget_s)
+        """Fine-tune the pruned ``module`` on the train split.
+
+        ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
+        """
+        steps = round(budget_s * RECOVER_STEPS_PER_S)
+        return prune.recover(_translator(module), _translator(teacher), steps)
 
 
 FAMILY: ZooFamily = TranslationFamily()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -120,35 +119,24 @@ def prune(model: Translator, ratio: float) -> Translator:
     return shrink(model, unit_importance(model, sample), heads, ffn)
 
 
-def recover(model: Translator, teacher: Translator, budget_s: float) -> Translator:
-    """Fine-tune a copy of ``model`` on the train split for at most ``budget_s`` seconds.
+def recover(model: Translator, teacher: Translator, steps: int) -> Translator:
+    """Fine-tune a copy of ``model`` on the train split for ``steps`` optimizer steps.
 
     ``teacher`` (the unpruned model) is distilled when ``RECOVER_DISTILL_WEIGHT`` is above 0.
-
-    The learning rate warms up, then follows a cosine over the time budget, so a short or a
-    long budget both end on a small step size. The budget covers the setup too (the first
-    call in a process tokenizes the train split, a few seconds); the first step always runs.
+    The learning rate warms up, then follows a cosine over the steps, so a short or a long
+    recovery both end on a small step size. Batches and dropout are seeded: the same steps
+    give the same model.
     """
-    started = time.monotonic()
-    if budget_s <= 0:
+    if steps <= 0:
         return model
     student = copy.deepcopy(model)
     teacher.eval()
+    torch.manual_seed(PRUNE_SEED)  # dropout draws from torch's global generator
     optimizer = recipe.make_optimizer(student, RECOVER_LR, weight_decay=0.01)
-    step_ends = [started]
-
-    def elapsed_s() -> float:
-        return time.monotonic() - started
-
-    def out_of_time(step: int) -> bool:
-        # stop before a step that, half again as long as the last one, would overrun
-        now = time.monotonic()
-        step_ends.append(now)
-        return step > 0 and now - started + 1.5 * (now - step_ends[-2]) > budget_s
 
     def schedule(step: int) -> float:
         warm = min(1.0, (step + 1) / RECOVER_WARMUP_STEPS)
-        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_s() / budget_s)))
+        return warm * 0.5 * (1 + math.cos(math.pi * step / steps))
 
     pad_id = tokenizer.load_settings()["pad_id"]
     recipe.fit(
@@ -156,7 +144,7 @@ def recover(model: Translator, teacher: Translator, budget_s: float) -> Translat
         batches.endless_batches(list(_train_items()), RECOVER_TOKENS, pad_id, PRUNE_SEED),
         optimizer,
         schedule,
-        out_of_time,
+        lambda step: step >= steps,
         label_smoothing=0.1,
         clip_norm=1.0,
         teacher=teacher if RECOVER_DISTILL_WEIGHT > 0 else None,

@@ -58,22 +58,22 @@ def distill(
     teacher: nn.Module,
     sources: Sequence[UInt8Image],
     preprocess: Callable[[list[UInt8Image]], npt.NDArray[np.float32]],
-    budget_s: float,
+    steps: int,
     seed: int = 0,
     batch_size: int = 16,
     lr: float = 1e-4,
     temperature: float = 2.0,
     train_px: int | None = None,
 ) -> nn.Module:
-    """Fine-tune ``student`` to match ``teacher``'s softened outputs for ``budget_s`` seconds.
+    """Fine-tune ``student`` to match ``teacher``'s softened outputs for ``steps`` steps.
 
     Args:
         student: The module to train; it is trained in place and returned in eval mode.
         teacher: The reference module; only run forward.
         sources: uint8 RGB images to cut crops from.
         preprocess: The serving preprocessing (uint8 images → normalised [B, C, S, S]).
-        budget_s: Wall-clock budget; training stops at the first step boundary past it.
-        seed: Seed for crops and data order (torch's own RNG is not used).
+        steps: Optimizer steps (a count, not a clock, so the result is reproducible).
+        seed: Seed for crops, data order and dropout.
         batch_size: Images per step.
         lr: Adam learning rate.
         temperature: Softmax temperature of the distillation loss.
@@ -83,13 +83,13 @@ def distill(
         ``student``, in eval mode.
     """
     rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # dropout draws from torch's global generator
     teacher.eval()
     student.train()
     _freeze_batch_norm(student)
     optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     start = time.monotonic()
-    step = 0
-    while time.monotonic() - start < budget_s:
+    for step in range(1, steps + 1):
         images = torch.from_numpy(preprocess(augmented_batch(sources, rng, batch_size)))
         if train_px is not None:
             images = F.interpolate(images, size=train_px, mode="bilinear", antialias=True)
@@ -100,11 +100,10 @@ def distill(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        step += 1
         if step % 10 == 0:
             elapsed_s = time.monotonic() - start
             log.info("distill step %d  loss %.4f  %.0fs", step, loss.item(), elapsed_s)
-    log.info("distilled %d steps in %.0fs", step, time.monotonic() - start)
+    log.info("distilled %d steps in %.0fs", steps, time.monotonic() - start)
     return student.eval()
 
 

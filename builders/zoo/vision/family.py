@@ -48,6 +48,9 @@ REFERENCE_FILE = "reference_labels.json"
 PRUNE_CALIBRATION_IMAGES = 128
 """Images whose activations rank channels and refit layers when pruning."""
 RECOVERY_THREADS = 1
+RECOVER_STEPS_PER_S = 0.6
+"""Distillation steps a 2-core machine runs per second: a recovery budget becomes a fixed
+number of steps, so a build gives the same pruned models on a faster or a slower machine."""
 """Torch threads while distilling (restored afterwards)."""
 
 
@@ -171,7 +174,10 @@ class VisionFamily:
         return prune_efficientnet(model, ratio, inputs)
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
-        """Distil ``teacher`` into ``module`` on augmented distillation images for ``budget_s``."""
+        """Distil ``teacher`` into ``module`` on augmented distillation images.
+
+        ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
+        """
         threads = torch.get_num_threads()
         # Depthwise-conv backward passes slow down by an order of magnitude when two
         # threads compete with other work for two cores; one thread is the steady choice.
@@ -182,7 +188,7 @@ class VisionFamily:
                 as_module(teacher, EfficientNetLite),
                 data.load_distill_images(),
                 self.image_task().preprocess,
-                budget_s,
+                steps=round(budget_s * RECOVER_STEPS_PER_S),
             )
         finally:
             torch.set_num_threads(threads)
