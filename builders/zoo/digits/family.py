@@ -30,8 +30,7 @@ RECOVERY_LR = 1e-3
 RECOVERY_EPOCHS = 30
 """Longest recovery fine-tune (about 7 s); a smaller budget stops it sooner."""
 RECOVER_STEPS_PER_S = 100.0
-"""Recovery steps a 2-core machine runs per second: a recovery budget becomes a fixed number
-of steps, so a build gives the same pruned models on a faster or a slower machine."""
+"""Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 
 
 class DigitsFamily:

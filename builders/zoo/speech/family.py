@@ -18,8 +18,7 @@ from gateway.tasks.speech import SpeechTask, log_mel
 
 PRUNE_CALIBRATION_UTTERANCES = 32
 RECOVER_STEPS_PER_S = 3.0
-"""Recovery steps a 2-core machine runs per second: a recovery budget becomes a fixed number
-of steps, so a build gives the same pruned models on a faster or a slower machine."""
+"""Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 """Calibration utterances whose activations rank units for pruning."""
 
 

@@ -21,8 +21,7 @@ from gateway.tasks.translation import TranslationTask
 CALIBRATION_BATCH = 8
 CALIBRATION_SEED = 99
 RECOVER_STEPS_PER_S = 2.0
-"""Recovery steps a 2-core machine runs per second: a recovery budget becomes a fixed number
-of steps, so a build gives the same pruned models on a faster or a slower machine."""
+"""Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 
 
 def load_checkpoint(checkpoint_dir: Path) -> Translator:

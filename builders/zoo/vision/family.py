@@ -49,8 +49,7 @@ PRUNE_CALIBRATION_IMAGES = 128
 """Images whose activations rank channels and refit layers when pruning."""
 RECOVERY_THREADS = 1
 RECOVER_STEPS_PER_S = 0.6
-"""Distillation steps a 2-core machine runs per second: a recovery budget becomes a fixed
-number of steps, so a build gives the same pruned models on a faster or a slower machine."""
+"""Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 """Torch threads while distilling (restored afterwards)."""
 
 
