@@ -50,7 +50,9 @@ def test_grpc_deadline_is_a_latency_budget(gw):
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     tensor = grpcclient.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(image_input(0)[0][2])
-    result = client.infer("digits", [tensor], client_timeout=0.015)
+    # 22 ms: below fp32's profiled p95 (24 ms), and above fp16's (12 ms) by enough to leave
+    # room for the time the request spends in transit on a busy machine.
+    result = client.infer("digits", [tensor], client_timeout=0.022)
     client.close()
     assert result.get_response().parameters["variant"].string_param == "fp16"
 
