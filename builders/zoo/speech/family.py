@@ -17,9 +17,9 @@ from gateway.tasks.base import RunGraph, Task
 from gateway.tasks.speech import SpeechTask, log_mel
 
 PRUNE_CALIBRATION_UTTERANCES = 32
+"""Calibration utterances whose activations rank units for pruning."""
 RECOVER_STEPS_PER_S = 3.0
 """Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
-"""Calibration utterances whose activations rank units for pruning."""
 
 
 class SpeechFamily:

@@ -48,9 +48,9 @@ REFERENCE_FILE = "reference_labels.json"
 PRUNE_CALIBRATION_IMAGES = 128
 """Images whose activations rank channels and refit layers when pruning."""
 RECOVERY_THREADS = 1
+"""Torch threads while distilling (restored afterwards)."""
 RECOVER_STEPS_PER_S = 0.6
 """Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
-"""Torch threads while distilling (restored afterwards)."""
 
 
 class VisionFamily:
