@@ -21,7 +21,6 @@ import io
 import json
 import math
 import wave
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,16 +188,6 @@ def decode_wav(
         ints = np.frombuffer(raw, dtype=f"<i{width}").astype(np.float32)
     mono = (ints / _PCM_SCALE[width]).reshape(-1, channels).mean(axis=1, dtype=np.float32)
     return resample(mono, rate_hz, target_rate_hz)
-
-
-def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
-    """Levenshtein distance between two strings, or two sequences of tokens (words)."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 class SpeechTask:

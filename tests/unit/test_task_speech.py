@@ -16,7 +16,6 @@ from gateway.tasks.speech import (
     OutputFrames,
     SpeechTask,
     decode_wav,
-    edit_distance,
     log_mel,
     mel_filterbank,
 )
@@ -259,14 +258,6 @@ def test_task_reads_its_assets(tmp_path: Path) -> None:
     assert task.features(noise(0.5, 0)).shape[1] == 40
     with pytest.raises(TaskInputError, match="limit is 1 s"):
         task.features(noise(1.5, 0))
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "distance"),
-    [("", "", 0), ("abc", "", 3), ("kitten", "sitting", 3), ("seven", "seven", 0), ("ab", "ba", 2)],
-)
-def test_edit_distance(a: str, b: str, distance: int) -> None:
-    assert edit_distance(a, b) == distance == edit_distance(b, a)
 
 
 def test_lexicon_decodes_to_the_likeliest_words(tmp_path: Path) -> None:

@@ -240,3 +240,11 @@ def test_parallel_synthesis_gives_the_same_examples() -> None:
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a.features, b.features)
         np.testing.assert_array_equal(a.targets, b.targets)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "distance"),
+    [("", "", 0), ("abc", "", 3), ("kitten", "sitting", 3), ("seven", "seven", 0), ("ab", "ba", 2)],
+)
+def test_edit_distance(a: str, b: str, distance: int) -> None:
+    assert evaluation.edit_distance(a, b) == distance == evaluation.edit_distance(b, a)

@@ -13,10 +13,20 @@ import torch
 
 from builders.zoo.speech.corpus import Split
 from gateway.tasks.base import RunGraph
-from gateway.tasks.speech import SpeechTask, edit_distance
+from gateway.tasks.speech import SpeechTask
 
 EVAL_BATCH_SIZE = 16
 """Utterances per graph call; batches mix lengths, so padding is exercised as in serving."""
+
+
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two strings, or two sequences of tokens (words)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
