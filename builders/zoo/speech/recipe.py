@@ -118,7 +118,7 @@ def fit(
         batch = training.make_batch(
             [examples[i] for i in picks], model, rng, augment=True, settings=task.settings
         )
-        loss = training.ctc_loss(model, batch, task.blank_index)
+        loss = training.ctc_loss(model(batch.features), batch, task.blank_index)
         optimizer.zero_grad()
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

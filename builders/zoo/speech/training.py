@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,18 @@ def sample_training_utterances(count: int, rng: np.random.Generator) -> list[cor
     )
 
 
+def random_gain(rng: np.random.Generator) -> float:
+    """A random level factor within ``GAIN_DB``."""
+    gain: float = 10.0 ** (rng.uniform(*GAIN_DB) / 20.0)
+    return gain
+
+
+def synthesised_example(utt: corpus.Utterance, gain: float, task: SpeechTask) -> Example:
+    """Speak ``utt``, scale it by ``gain`` and compute the serving features and targets."""
+    waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
+    return Example(log_mel(waveform, task.settings), encode(utt.transcript, task))
+
+
 def make_examples(
     count: int,
     seed: int,
@@ -75,16 +88,12 @@ def make_examples(
     """
     rng = np.random.default_rng(seed)
     utterances = sample_training_utterances(count, rng)
-    gains = [10.0 ** (rng.uniform(*GAIN_DB) / 20.0) for _ in utterances]
-
-    def example(utt: corpus.Utterance, gain: float) -> Example:
-        waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
-        return Example(log_mel(waveform, task.settings), encode(utt.transcript, task))
-
+    gains = [random_gain(rng) for _ in utterances]
     examples = []
     start_s = time.perf_counter()
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, made in enumerate(pool.map(example, utterances, gains)):
+        made_in_order = pool.map(synthesised_example, utterances, gains, repeat(task))
+        for i, made in enumerate(made_in_order):
             examples.append(made)
             if (i + 1) % 2000 == 0 or i + 1 == count:
                 elapsed_s = time.perf_counter() - start_s
@@ -185,9 +194,11 @@ def _mel_centres_hz(settings: FeatureSettings) -> npt.NDArray[np.float64]:
     return np.asarray(bins_hz[np.argmax(bank, axis=0)], dtype=np.float64)
 
 
-def ctc_loss(model: SpeechCTC, batch: Batch, blank_index: int) -> torch.Tensor:
-    """Mean CTC loss of a batch (per target symbol, as ``reduction="mean"`` defines it)."""
-    log_probs = model(batch.features)
+def ctc_loss(log_probs: torch.Tensor, batch: Batch, blank_index: int) -> torch.Tensor:
+    """Mean CTC loss of a batch's log-probabilities [B, T', V].
+
+    The mean is per target symbol, as ``reduction="mean"`` defines it.
+    """
     return nn.functional.ctc_loss(
         log_probs.transpose(0, 1),
         batch.targets,
@@ -237,20 +248,11 @@ def recover(
     start_s = time.perf_counter()
     for step in range(steps):
         for utt in sample_training_utterances(RECOVER_NEW_PER_STEP, rng):
-            gain = 10.0 ** (rng.uniform(*GAIN_DB) / 20.0)
-            waveform = (corpus.synthesize(utt) * gain).astype(np.float32)
-            pool.append(Example(log_mel(waveform, task.settings), encode(utt.transcript, task)))
+            pool.append(synthesised_example(utt, random_gain(rng), task))
         picks = rng.choice(len(pool), size=min(RECOVER_BATCH_SIZE, len(pool)), replace=False)
         batch = make_batch([pool[i] for i in picks], student, rng, augment=False)
         kl, log_probs = distillation_loss(student, teacher, batch)
-        ctc = nn.functional.ctc_loss(
-            log_probs.transpose(0, 1),
-            batch.targets,
-            batch.output_lengths,
-            batch.target_lengths,
-            blank=task.blank_index,
-            zero_infinity=True,
-        )
+        ctc = ctc_loss(log_probs, batch, task.blank_index)
         loss = ctc + kl
         for group in optimizer.param_groups:
             group["lr"] = lr * max(0.05, 1.0 - step / steps)
