@@ -179,7 +179,7 @@ def _derive(
         target = workdir / f"{name}.onnx"
         calibration = family.calibration_inputs(spec.calibration_items)
         result = to_int8(base.graph, target, calibration, method)
-        notes = [f"int8 ops: {', '.join(result.int8_op_types)}"]
+        notes = [*base.notes, f"int8 ops: {', '.join(result.int8_op_types)}"]
         if result.matmuls_only:
             notes.append("attention graph: only MatMul/Gemm quantized")
         if result.weight_only_tensors:
@@ -204,15 +204,20 @@ def _derive(
             f"not {type(module).__name__}"
         )
     elif wants_pruned and module is not None:
+        budget_s = spec.recover_budget_s
+        if budget_s is None:
+            budget_s = family.recover_budget_s
+        recovery = f"recovery fine-tune of {budget_s:.0f} s of a 2-core CPU"
         for ratio in spec.pruning_ratios:
             name = pruned_name(ratio)
-            budget = f"{spec.recover_budget_s:.0f} s"
-            progress(f"{family.name}: pruning {ratio:.0%} + recovery ({budget} of a 2-core CPU)")
+            progress(f"{family.name}: pruning {ratio:.0%} + {recovery}")
             pruned = family.prune(copy.deepcopy(module), ratio)
-            pruned = family.recover(pruned, module, spec.recover_budget_s)
+            pruned = family.recover(pruned, module, budget_s)
             graph = workdir / f"{name}.onnx"
             family.export_onnx(pruned, graph)
-            base = Candidate(name, graph, "fp32", "none", ratio, graph_parameters(graph))
+            base = Candidate(
+                name, graph, "fp32", "none", ratio, graph_parameters(graph), [recovery]
+            )
             if "pruned" in spec.variants:
                 candidates.append(base)
             if "pruned-int8" in spec.variants:

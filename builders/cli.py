@@ -28,9 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--recover-budget-s",
         type=float,
-        default=60.0,
+        default=None,
         help="recovery fine-tune of each pruned model, in seconds of a 2-core CPU; each family "
-        "turns it into a fixed step count, so results do not depend on the machine (default 60)",
+        "turns it into a fixed step count, so results do not depend on the machine "
+        "(default: the family's own, e.g. 120 for speech and translation)",
     )
     build.add_argument(
         "--max-quality-drop",

@@ -44,10 +44,11 @@ class BuildSpec:
     variants: tuple[str, ...] = VARIANT_KINDS
     """Variant kinds; ``pruned`` and ``pruned-int8`` expand to one per pruning ratio."""
     pruning_ratios: tuple[float, ...] = (0.25, 0.5)
-    recover_budget_s: float = 60.0
-    """Length of each pruned model's recovery fine-tune, in seconds of a 2-core CPU. Each
-    family turns it into a fixed number of steps (its steps per second on such a machine),
-    so a build makes the same pruned models on any machine, only sooner or later."""
+    recover_budget_s: float | None = None
+    """Length of each pruned model's recovery fine-tune, in seconds of a 2-core CPU; None
+    takes the family's own default. Each family turns it into a fixed number of steps (its
+    steps per second on such a machine), so a build makes the same pruned models on any
+    machine, only sooner or later."""
     max_quality_drop: float = 2.0
     """Points of the primary metric a variant may lose against fp32 and still be published."""
     eval_limit: int | None = None
@@ -68,7 +69,7 @@ class BuildSpec:
             raise ValueError("fp32 is the baseline every other variant is measured against")
         if any(not 0 < r < 1 for r in self.pruning_ratios):
             raise ValueError(f"pruning ratios must lie in (0, 1), got {self.pruning_ratios}")
-        if self.recover_budget_s < 0 or self.max_quality_drop < 0:
+        if (self.recover_budget_s or 0.0) < 0 or self.max_quality_drop < 0:
             raise ValueError("recover_budget_s and max_quality_drop must be >= 0")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1, got {self.eval_limit}")

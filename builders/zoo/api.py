@@ -37,6 +37,9 @@ class ZooFamily(Protocol):
     """The family's primary metric."""
     assets_dir: Path
     """Files the task code needs at serving time (labels, tokenizer, feature settings)."""
+    recover_budget_s: float
+    """Default recovery fine-tune per pruned model, in seconds of a 2-core CPU: what this
+    family needs for its pruned models to keep their quality (see :meth:`recover`)."""
 
     def make_task(self, assets_dir: Path) -> Task:
         """The serving-time task object over a (copied) assets directory."""

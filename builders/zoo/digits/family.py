@@ -40,6 +40,7 @@ class DigitsFamily:
     task = "image-labels"
     metric = MetricSpec("top1", higher_is_better=True)
     assets_dir = recipe.ASSETS_DIR
+    recover_budget_s = 60.0
 
     def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
         """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""

@@ -29,6 +29,8 @@ class SpeechFamily:
     task = "audio-text"
     metric = MetricSpec("wer", higher_is_better=False)
     assets_dir = recipe.ASSETS_DIR
+    recover_budget_s = 120.0
+    """With uniform widths, pruned-25 lost 2.3 points of WER after 60 s and 0.7 after 120 s."""
 
     def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
         """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""
