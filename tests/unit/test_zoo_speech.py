@@ -11,7 +11,7 @@ import torch
 from builders.zoo.api import ZooFamily
 from builders.zoo.registry import get_family
 from builders.zoo.speech import corpus, evaluation, training
-from builders.zoo.speech.family import FAMILY
+from builders.zoo.speech.family import CONV_PRUNE_FACTOR, FAMILY, MAX_CONV_PRUNE
 from builders.zoo.speech.model import SpeechConfig, SpeechCTC, count_parameters
 from builders.zoo.speech.pruning import prune
 from gateway.tasks.base import pad_stack
@@ -153,6 +153,11 @@ def test_prune_removes_dead_units_exactly() -> None:
     with torch.no_grad():
         # Ratio 0.2 removes 3 of 16 channels (all dead), 2 of 8 and 1 of 6 units per direction.
         torch.testing.assert_close(pruned(x), full(x), atol=1e-5, rtol=1e-5)
+    # The conv may lose a larger share than the GRUs: 4 of 16 (all dead) is exact too.
+    conv_only = prune(full, 0.0, [x], conv_ratio=0.25)
+    assert conv_only.config.conv_channels == 12 and conv_only.config.hidden_sizes == (8, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(conv_only(x), full(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5])
@@ -162,7 +167,10 @@ def test_prune_is_smaller_and_runs(
     pruned = FAMILY.prune(model, ratio)
     assert type(pruned) is SpeechCTC
     assert count_parameters(pruned) < count_parameters(model) * (1 - ratio) + 1000
-    assert pruned.config.conv_channels == round(model.config.conv_channels * (1 - ratio))
+    conv_ratio = min(CONV_PRUNE_FACTOR * ratio, MAX_CONV_PRUNE)
+    assert pruned.config.conv_channels == round(model.config.conv_channels * (1 - conv_ratio))
+    hidden = tuple(round(h * (1 - ratio)) for h in model.config.hidden_sizes)
+    assert pruned.config.hidden_sizes == hidden
     path = tmp_path / "pruned.onnx"
     FAMILY.export_onnx(pruned, path)
     assert path.stat().st_size < onnx_path.stat().st_size * (1 - ratio) + 50_000

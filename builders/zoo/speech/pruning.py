@@ -75,25 +75,32 @@ def _out_norm(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((w.detach() ** 2).sum(dim=0) for w in weights))  # type: ignore[arg-type]
 
 
-def prune(model: SpeechCTC, ratio: float, features: Sequence[torch.Tensor]) -> SpeechCTC:
-    """Remove ``ratio`` of the conv channels and of each GRU layer's hidden units.
+def prune(
+    model: SpeechCTC,
+    ratio: float,
+    features: Sequence[torch.Tensor],
+    conv_ratio: float | None = None,
+) -> SpeechCTC:
+    """Remove ``ratio`` of each GRU layer's hidden units and ``conv_ratio`` of the conv channels.
 
     Args:
         model: the module to prune (left unchanged).
-        ratio: fraction of units to remove per prunable layer, in [0, 1).
+        ratio: fraction of units to remove per GRU layer, in [0, 1).
         features: calibration batches [B, T, n_mels] used to measure activations.
+        conv_ratio: fraction of the front-end conv's channels to remove; ``ratio`` if None.
 
     Returns:
         A new, smaller :class:`SpeechCTC` in eval mode.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    conv_ratio = ratio if conv_ratio is None else conv_ratio
+    if not (0.0 <= ratio < 1.0 and 0.0 <= conv_ratio < 1.0):
+        raise ValueError(f"ratios must be in [0, 1), got {ratio} and {conv_ratio}")
     model = model.eval()
     conv_act, gru_acts = _activations(model, features)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     # Front-end conv channels, read by the first GRU's input weights.
-    conv_keep = _keep(conv_act * _out_norm(_input_weights(model.gru_layers()[0])), ratio)
+    conv_keep = _keep(conv_act * _out_norm(_input_weights(model.gru_layers()[0])), conv_ratio)
     state["conv.weight"] = state["conv.weight"][conv_keep]
     state["conv.bias"] = state["conv.bias"][conv_keep]
     for suffix in ("", "_reverse"):
