@@ -15,6 +15,28 @@ def _p50_batch1(v: Variant, graph: bool = False) -> float:
     return float("nan") if value is None else value
 
 
+def pruning_summary(manifest: FamilyManifest) -> list[str]:
+    """How far pruning went within the quality budget, and what it bought at p50, batch 1."""
+    pruned = [v for v in manifest.variants if v.pruning_ratio > 0 and v.precision == "fp32"]
+    if not pruned:
+        return []
+    kept = [v for v in pruned if v.status == "published"]
+    if not kept:
+        return ["## Pruning", "", "No pruning ratio stayed within the quality budget.", ""]
+    fp32, best = manifest.variant("fp32"), max(kept, key=lambda v: v.pruning_ratio)
+    task = _p50_batch1(fp32) / _p50_batch1(best)
+    graph = _p50_batch1(fp32, graph=True) / _p50_batch1(best, graph=True)
+    return [
+        "## Pruning",
+        "",
+        f"Largest pruning ratio within the quality budget: `{best.name}`, "
+        f"{best.quality_drop:.2f} points of {manifest.metric.name} lost; "
+        f"p50 at batch 1 is {task:.2f}× faster than fp32 per request and "
+        f"{graph:.2f}× inside the graph.",
+        "",
+    ]
+
+
 def markdown(manifest: FamilyManifest, skipped: list[str] | None = None) -> str:
     """The report text: one row per variant, rejected ones included and marked."""
     fp32 = manifest.variant("fp32")
@@ -68,6 +90,7 @@ def markdown(manifest: FamilyManifest, skipped: list[str] | None = None) -> str:
     rejected = [
         f"- `{v.name}`: {v.rejection_reason}" for v in manifest.variants if v.rejection_reason
     ]
+    lines += pruning_summary(manifest)
     if notes:
         lines += ["## How each variant was made", "", *notes, ""]
     if rejected:

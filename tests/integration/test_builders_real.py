@@ -37,6 +37,12 @@ def test_every_family_has_a_valid_manifest_and_report(quick_repository: Path) ->
         report = (quick_repository / f"{family}.report.md").read_text()
         for v in manifest.variants:
             assert f"| {v.name} |" in report
+        kept = [v for v in manifest.published() if v.pruning_ratio > 0 and v.precision == "fp32"]
+        if kept:
+            best = max(kept, key=lambda v: v.pruning_ratio)
+            assert f"Largest pruning ratio within the quality budget: `{best.name}`" in report
+        else:
+            assert "No pruning ratio stayed within the quality budget." in report
         png = (quick_repository / f"{family}.pareto.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
