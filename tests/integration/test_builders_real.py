@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from builders.zoo.registry import get_family
 from gateway.manifest import find_manifests, load_manifest
 from gateway.tasks.onnx_runner import onnx_graph_runner
 from tests.support.quick_repository import EVAL_LIMIT, FAMILIES
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +105,22 @@ def test_python_flavour_loads_in_real_triton(quick_repository: Path, tmp_path: P
             for key, value in expected.items():
                 np.testing.assert_allclose(result.as_numpy(key), value, rtol=1e-5, atol=1e-5)
         client.close()
+
+
+def test_pruned_speedup_bench_times_every_pruned_variant(quick_repository: Path) -> None:
+    spec = importlib.util.spec_from_file_location("pruned_speedup", BENCH / "pruned_speedup.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    manifest = load_manifest(quick_repository / "digits.manifest.json")
+    items = get_family("digits").sample_items(4)
+    rows = bench.measure_family(quick_repository, manifest, items, rounds=6, warmup=1)
+    assert [r["variant"] for r in rows] == ["fp32", "pruned-50"]
+    assert all(r["runs"] == 6 and 0 < r["graph_p50_ms"] <= r["p50_ms"] for r in rows)
+    assert rows[0]["faster_p50"] == 1.0 and rows[0]["faster_graph_p50"] == 1.0
+    assert "| digits | pruned-50 |" in bench.markdown(
+        rows, {"rounds": 6, "warmup": 1, "items": 4, "machine": "x"}
+    )
 
 
 def _dtype(value: np.ndarray) -> str:
