@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import repeat
+from itertools import islice, repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,8 @@ lengths, so without it the model would rarely see the long padded tail that a sh
 gets in a mixed-length serving batch."""
 RECOVER_NEW_PER_STEP = 8
 RECOVER_BATCH_SIZE = 32
+RECOVER_SYNTH_WORKERS = 2
+"""espeak-ng processes speaking recovery utterances while torch trains on one thread."""
 
 
 @dataclass(frozen=True)
@@ -233,35 +235,46 @@ def recover(
 ) -> SpeechCTC:
     """Fine-tune a pruned ``student`` for ``steps`` optimizer steps (deterministic).
 
-    Each step synthesises a few fresh training-voice utterances into a growing pool and
-    trains on a batch drawn from it, with CTC on the transcripts plus distillation towards
-    the ``teacher``'s per-frame distribution. The learning rate decays linearly over the
-    steps. Returns the student in eval mode.
+    Each step adds a few fresh training-voice utterances to a growing pool and trains on a
+    batch drawn from it, with CTC on the transcripts plus distillation towards the
+    ``teacher``'s per-frame distribution. The learning rate decays linearly over the steps.
+    espeak-ng speaks the utterances ahead of the steps, in ``RECOVER_SYNTH_WORKERS``
+    processes, while torch trains; what is spoken and which batches are drawn come from two
+    seeded generators, so the result does not depend on that timing. Returns the student in
+    eval mode.
     """
     if steps <= 0:
         return student.eval()
-    rng = np.random.default_rng(seed)
+    speech_rng, batch_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
+    utterances = sample_training_utterances(steps * RECOVER_NEW_PER_STEP, speech_rng)
+    gains = [random_gain(speech_rng) for _ in utterances]
     pool: list[Example] = []
     teacher.eval()
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-2)
     start_s = time.perf_counter()
-    for step in range(steps):
-        for utt in sample_training_utterances(RECOVER_NEW_PER_STEP, rng):
-            pool.append(synthesised_example(utt, random_gain(rng), task))
-        picks = rng.choice(len(pool), size=min(RECOVER_BATCH_SIZE, len(pool)), replace=False)
-        batch = make_batch([pool[i] for i in picks], student, rng, augment=False)
-        kl, log_probs = distillation_loss(student, teacher, batch)
-        ctc = ctc_loss(log_probs, batch, task.blank_index)
-        loss = ctc + kl
-        for group in optimizer.param_groups:
-            group["lr"] = lr * max(0.05, 1.0 - step / steps)
-        optimizer.zero_grad()
-        torch.autograd.backward(loss)
-        nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        if (step + 1) % 50 == 0:
-            losses = f"ctc {float(ctc.detach()):.3f}  kl {float(kl.detach()):.3f}"
-            elapsed_s = time.perf_counter() - start_s
-            log(f"  recover step {step + 1}/{steps}  {losses}  {elapsed_s:.0f} s")
+    speakers = ThreadPoolExecutor(RECOVER_SYNTH_WORKERS)
+    try:
+        spoken = speakers.map(synthesised_example, utterances, gains, repeat(task))
+        for step in range(steps):
+            pool.extend(islice(spoken, RECOVER_NEW_PER_STEP))
+            size = min(RECOVER_BATCH_SIZE, len(pool))
+            picks = batch_rng.choice(len(pool), size=size, replace=False)
+            batch = make_batch([pool[i] for i in picks], student, batch_rng, augment=False)
+            kl, log_probs = distillation_loss(student, teacher, batch)
+            ctc = ctc_loss(log_probs, batch, task.blank_index)
+            loss = ctc + kl
+            for group in optimizer.param_groups:
+                group["lr"] = lr * max(0.05, 1.0 - step / steps)
+            optimizer.zero_grad()
+            torch.autograd.backward(loss)
+            nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            if (step + 1) % 50 == 0:
+                losses = f"ctc {float(ctc.detach()):.3f}  kl {float(kl.detach()):.3f}"
+                elapsed_s = time.perf_counter() - start_s
+                log(f"  recover step {step + 1}/{steps}  {losses}  {elapsed_s:.0f} s")
+    finally:
+        # On an error, utterances not yet spoken are dropped instead of waited for.
+        speakers.shutdown(cancel_futures=True)
     return student.eval()
