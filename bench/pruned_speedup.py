@@ -19,16 +19,16 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from builders.build import artifact_path
+from builders.profile import GraphClock
 from builders.zoo.registry import get_family
 from gateway.manifest import FamilyManifest, Variant, find_manifests, load_manifest
-from gateway.tasks.base import RunGraph, Task, Tensor
+from gateway.tasks.base import Task
 from gateway.tasks.onnx_runner import onnx_graph_runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,27 +44,18 @@ class TimedVariant:
         graph = artifact_path(repository, variant)
         self.name = variant.name
         self.task: Task = get_family(family).make_task(graph.parent)
-        self.run_graph: RunGraph = onnx_graph_runner(graph, INTRA_OP_THREADS)
+        self.clock = GraphClock(onnx_graph_runner(graph, INTRA_OP_THREADS))
         self.request_s: list[float] = []
         self.graph_s: list[float] = []
 
     def request(self, item: Any, record: bool) -> None:
         """Run one item end to end; keep its timings when ``record``."""
-        in_graph = 0.0
-
-        def timed_graph(inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-            nonlocal in_graph
-            start = time.perf_counter()
-            try:
-                return self.run_graph(inputs)
-            finally:
-                in_graph += time.perf_counter() - start
-
+        self.clock.seconds = 0.0
         start = time.perf_counter()
-        self.task.run([item], timed_graph)
+        self.task.run([item], self.clock)
         if record:
             self.request_s.append(time.perf_counter() - start)
-            self.graph_s.append(in_graph)
+            self.graph_s.append(self.clock.seconds)
 
 
 def compared_variants(manifest: FamilyManifest) -> list[Variant]:
