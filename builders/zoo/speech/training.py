@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice, repeat
@@ -75,6 +76,25 @@ def synthesised_example(utt: corpus.Utterance, gain: float, task: SpeechTask) ->
     return Example(log_mel(waveform, task.settings), encode(utt.transcript, task))
 
 
+@contextmanager
+def spoken_examples(
+    count: int, rng: np.random.Generator, task: SpeechTask, workers: int
+) -> Iterator[Iterator[Example]]:
+    """``count`` random training utterances, spoken by ``workers`` espeak-ng processes at once.
+
+    What is said and how loud is drawn from ``rng`` up front; the examples come back in that
+    order whatever the number of workers. On leaving, utterances not yet spoken are dropped
+    instead of waited for.
+    """
+    utterances = sample_training_utterances(count, rng)
+    gains = [random_gain(rng) for _ in utterances]
+    speakers = ThreadPoolExecutor(max(1, workers))
+    try:
+        yield speakers.map(synthesised_example, utterances, gains, repeat(task))
+    finally:
+        speakers.shutdown(cancel_futures=True)
+
+
 def make_examples(
     count: int,
     seed: int,
@@ -88,13 +108,9 @@ def make_examples(
     the gateway computes. ``workers`` espeak-ng processes run at once; the result does not
     depend on how many.
     """
-    rng = np.random.default_rng(seed)
-    utterances = sample_training_utterances(count, rng)
-    gains = [random_gain(rng) for _ in utterances]
     examples = []
     start_s = time.perf_counter()
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        made_in_order = pool.map(synthesised_example, utterances, gains, repeat(task))
+    with spoken_examples(count, np.random.default_rng(seed), task, workers) as made_in_order:
         for i, made in enumerate(made_in_order):
             examples.append(made)
             if (i + 1) % 2000 == 0 or i + 1 == count:
@@ -246,16 +262,13 @@ def recover(
     if steps <= 0:
         return student.eval()
     speech_rng, batch_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
-    utterances = sample_training_utterances(steps * RECOVER_NEW_PER_STEP, speech_rng)
-    gains = [random_gain(speech_rng) for _ in utterances]
+    count = steps * RECOVER_NEW_PER_STEP
     pool: list[Example] = []
     teacher.eval()
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-2)
     start_s = time.perf_counter()
-    speakers = ThreadPoolExecutor(RECOVER_SYNTH_WORKERS)
-    try:
-        spoken = speakers.map(synthesised_example, utterances, gains, repeat(task))
+    with spoken_examples(count, speech_rng, task, RECOVER_SYNTH_WORKERS) as spoken:
         for step in range(steps):
             pool.extend(islice(spoken, RECOVER_NEW_PER_STEP))
             size = min(RECOVER_BATCH_SIZE, len(pool))
@@ -274,7 +287,4 @@ def recover(
                 losses = f"ctc {float(ctc.detach()):.3f}  kl {float(kl.detach()):.3f}"
                 elapsed_s = time.perf_counter() - start_s
                 log(f"  recover step {step + 1}/{steps}  {losses}  {elapsed_s:.0f} s")
-    finally:
-        # On an error, utterances not yet spoken are dropped instead of waited for.
-        speakers.shutdown(cancel_futures=True)
     return student.eval()
