@@ -7,8 +7,8 @@ through a graph runner and packs the results as output tensors.
 
 - ``image-labels``: input ``image`` BYTES [B] (encoded) or UINT8 [B,H,W,C] / [H,W,C];
   outputs ``labels`` BYTES [B,k] and ``scores`` FP32 [B,k]; parameter ``top_k``.
-- ``audio-text``: input ``audio`` FP32 [B,N] / [N] (16 kHz samples) or BYTES [B] (WAV
-  files); output ``text`` BYTES [B].
+- ``audio-text``: input ``audio`` FP32 [B,N] / [N] (16 kHz samples) or BYTES [B] (audio
+  files: WAV, FLAC, Ogg/Opus, at any rate); output ``text`` BYTES [B].
 - ``text-text``: input ``text`` BYTES [B] (UTF-8); output ``text`` BYTES [B].
 """
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from gateway.errors import InvalidRequestError
+from gateway.tasks.audio import audio_seconds
 from gateway.tasks.base import RunGraph, TaskInputError
-from gateway.tasks.speech import SpeechTask
+from gateway.tasks.speech import GraphRunner, WhisperTask
 from gateway.tasks.translation import TranslationTask
 from gateway.tasks.vision import DEFAULT_TOP_K, ImageTask, decode_image
 from gateway.types import NamedTensor, ParamValue, bytes_array
@@ -158,17 +159,17 @@ class ImageIO:
 
 
 class AudioIO:
-    """``audio-text``: 16 kHz waveforms or WAV files in, transcripts out."""
+    """``audio-text``: 16 kHz waveforms or audio files in, transcripts out (Whisper)."""
 
     inputs: tuple[TensorInfo, ...] = (TensorInfo("audio", "FP32", (-1, -1)),)
     outputs: tuple[TensorInfo, ...] = (TensorInfo("text", "BYTES", (-1,)),)
 
     def __init__(self, assets_dir: Path) -> None:
         """Load the speech task from a variant's assets."""
-        self.task = SpeechTask(assets_dir)
+        self.task = WhisperTask(assets_dir)
 
     def items(self, inputs: Mapping[str, NamedTensor]) -> list[Any]:
-        """Waveform rows (float32) or WAV files (bytes)."""
+        """Waveform rows (float32) or audio files (bytes)."""
         tensor = _only_input(inputs, "audio")
         if tensor.datatype == "BYTES":
             return _non_empty("audio", list(_bytes_items(tensor)))
@@ -176,17 +177,27 @@ class AudioIO:
             rows = tensor.data[None] if tensor.data.ndim == 1 else tensor.data
             return _non_empty("audio", [np.asarray(r, dtype=np.float32) for r in rows])
         raise InvalidRequestError(
-            f"input 'audio' must be FP32 [B,N] / [N] samples at 16 kHz or BYTES [B] WAV files, "
-            f"got {tensor.datatype} {list(tensor.shape)}"
+            f"input 'audio' must be FP32 [B,N] / [N] samples at 16 kHz or BYTES [B] audio files "
+            f"(WAV, FLAC, Ogg), got {tensor.datatype} {list(tensor.shape)}"
         )
+
+    def item_size(self, item: Any) -> float:
+        """Seconds of audio in ``item``: from a file's header, or a waveform's sample count.
+
+        Raises:
+            InvalidRequestError: The bytes are not an audio file.
+        """
+        return float(_run_task(lambda: [audio_seconds(item)])[0])
 
     def options(self, parameters: Mapping[str, ParamValue]) -> dict[str, Any]:
         """No options."""
         return {}
 
     def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
-        """Transcribe the batch."""
-        return _run_task(lambda: list(self.task.run(items, run_graph)))
+        """Transcribe the batch (the encoder once per 30 s window, the decoder per token)."""
+        # Whisper's runner is called with a graph name ("encoder", "decoder").
+        runner = cast(GraphRunner, run_graph)
+        return _run_task(lambda: list(self.task.run(items, runner)))
 
     def pack(self, results: list[Any]) -> list[NamedTensor]:
         """``text`` BYTES [B]."""

@@ -34,3 +34,21 @@ def session_runner(session: ort.InferenceSession) -> RunGraph:
 def onnx_graph_runner(path: Path, intra_op_threads: int = 1) -> RunGraph:
     """Open ``path`` and return a ``RunGraph`` for it."""
     return session_runner(make_session(path, intra_op_threads))
+
+
+class GraphSessions:
+    """Runs the graphs of a multi-graph variant by name, one session per graph."""
+
+    def __init__(self, paths: Mapping[str, Path], intra_op_threads: int = 1) -> None:
+        """Open every graph of ``paths`` (graph name → file)."""
+        self.runners = {
+            name: session_runner(make_session(path, intra_op_threads))
+            for name, path in paths.items()
+        }
+
+    def __call__(self, inputs: Mapping[str, Tensor], graph: str = "model") -> Mapping[str, Tensor]:
+        """Run the graph called ``graph`` on ``inputs``."""
+        runner = self.runners.get(graph)
+        if runner is None:
+            raise KeyError(f"no graph named {graph!r}; this variant has {sorted(self.runners)}")
+        return runner(inputs)
