@@ -2,9 +2,11 @@
 
 fp32 is the baseline; fp16 and int8 are graph-level transforms of it; each pruning ratio is a
 structurally smaller torch model, recovered by a short fine-tune, exported, and also
-quantized. Every variant is evaluated with the family's metric and profiled; the ones that
-lose more than ``max_quality_drop`` points are kept in the manifest as rejected and not
-written to the repository; the rest are published, and the Pareto-optimal ones recommended.
+quantized. A variant is one graph (``model``) or, for families that declare ``graphs``
+(Whisper's encoder and decoder), several; every transform applies to each of them. Every
+variant is evaluated with the family's metric and profiled; the ones that lose more than
+``max_quality_drop`` points are kept in the manifest as rejected and not written to the
+repository; the rest are published, and the Pareto-optimal ones recommended.
 """
 
 from __future__ import annotations
@@ -40,19 +42,22 @@ from builders.repository import (
     triton_config,
 )
 from builders.sources import ModelSource, check_contract, load_torch_module
-from builders.spec import BuildSpec, pruned_name
+from builders.spec import BuildSpec, ProfileSettings, pruned_name
 from builders.zoo.api import ZooFamily
 from gateway.manifest import (
     Artifact,
     Datatype,
     FamilyManifest,
+    GraphSpec,
     MetricInfo,
     TensorSpec,
     Variant,
+    graph_model_name,
     model_name,
     write_manifest,
 )
-from gateway.tasks.onnx_runner import onnx_graph_runner
+from gateway.tasks.base import DEFAULT_GRAPH
+from gateway.tasks.onnx_runner import GraphSessions
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -60,15 +65,36 @@ Progress = Callable[[str], None]
 
 @dataclass
 class Candidate:
-    """A derived graph waiting to be measured."""
+    """A derived variant (its graph files by graph name) waiting to be measured."""
 
     name: str
-    graph: Path
+    graphs: dict[str, Path]
     precision: str
     quantization: str = "none"
     pruning_ratio: float = 0.0
     parameters: int = 0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def graph(self) -> Path:
+        """The graph of a one-graph variant (the first graph of a multi-graph one)."""
+        return self.graphs.get(DEFAULT_GRAPH) or next(iter(self.graphs.values()))
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of all its graph files."""
+        return sum(p.stat().st_size for p in self.graphs.values())
+
+
+def graph_names(family: ZooFamily) -> tuple[str, ...]:
+    """The graphs of each of the family's variants (``("model",)`` unless it declares more)."""
+    names: tuple[str, ...] = getattr(family, "graphs", (DEFAULT_GRAPH,))
+    return names
+
+
+def is_multi_graph(family: ZooFamily) -> bool:
+    """Whether the family's variants have several graphs (with ``export_graphs`` etc.)."""
+    return graph_names(family) != (DEFAULT_GRAPH,)
 
 
 @dataclass
@@ -161,21 +187,26 @@ def _derive(
 ) -> list[Candidate]:
     """fp32 export and every derived graph the spec asks for."""
     module = load_torch_module(source, family)
-    fp32 = workdir / "fp32.onnx"
+    multi = is_multi_graph(family)
     zoo_class = type(family.load())
-    if module is None:
-        assert source.path is not None
-        fp32.write_bytes(source.path.read_bytes())
-    elif isinstance(module, zoo_class):
-        family.export_onnx(module, fp32)
-    else:
-        export_like_zoo(module, family, fp32, workdir)
-    params = graph_parameters(fp32)
-    candidates = [Candidate("fp32", fp32, "fp32", parameters=params)]
-    method: QuantizationMethod = "dynamic" if "LSTM" in op_types(fp32) else "static-qdq"
+    fp32_graphs = _export_fp32(family, source, module, workdir)
+    params = sum(graph_parameters(g) for g in fp32_graphs.values())
+    candidates = [Candidate("fp32", fp32_graphs, "fp32", parameters=params)]
+    method: QuantizationMethod = getattr(family, "int8_method", None) or (
+        "dynamic" if "LSTM" in op_types(fp32_graphs[next(iter(fp32_graphs))]) else "static-qdq"
+    )
 
     def int8_of(base: Candidate, name: str) -> Candidate:
         progress(f"{family.name}: quantizing {name} ({method})")
+        if multi:
+            graphs = family.quantize_int8(base.graphs, workdir / name)  # type: ignore[attr-defined]
+            notes = [
+                *base.notes,
+                "int8: dynamic, weight matmuls per channel, tied embedding one int8 table",
+            ]
+            return Candidate(
+                name, graphs, "int8", method, base.pruning_ratio, base.parameters, notes
+            )
         target = workdir / f"{name}.onnx"
         calibration = family.calibration_inputs(spec.calibration_items)
         result = to_int8(base.graph, target, calibration, method)
@@ -184,14 +215,24 @@ def _derive(
             notes.append("attention graph: only MatMul/Gemm quantized")
         if result.weight_only_tensors:
             notes.append(f"{result.weight_only_tensors} recurrent weight tensors int8 weight-only")
-        return Candidate(name, target, "int8", method, base.pruning_ratio, base.parameters, notes)
+        return Candidate(
+            name,
+            {DEFAULT_GRAPH: target},
+            "int8",
+            method,
+            base.pruning_ratio,
+            base.parameters,
+            notes,
+        )
 
     if "fp16" in spec.variants:
         progress(f"{family.name}: converting fp16")
-        target = workdir / "fp16.onnx"
-        kept = to_fp16(fp32, target)
+        fp16_dir = workdir / "fp16"
+        fp16_dir.mkdir()
+        fp16_graphs = {g: fp16_dir / p.name for g, p in fp32_graphs.items()}
+        kept = sorted({op for g, p in fp32_graphs.items() for op in to_fp16(p, fp16_graphs[g])})
         notes = [f"kept in fp32 on CPU: {', '.join(kept)}"] if kept else []
-        candidates.append(Candidate("fp16", target, "fp16", parameters=params, notes=notes))
+        candidates.append(Candidate("fp16", fp16_graphs, "fp16", parameters=params, notes=notes))
     if "int8" in spec.variants:
         candidates.append(int8_of(candidates[0], "int8"))
     wants_pruned = {"pruned", "pruned-int8"} & set(spec.variants)
@@ -213,11 +254,13 @@ def _derive(
             progress(f"{family.name}: pruning {ratio:.0%} + {recovery}")
             pruned = family.prune(copy.deepcopy(module), ratio)
             pruned = family.recover(pruned, module, budget_s)
-            graph = workdir / f"{name}.onnx"
-            family.export_onnx(pruned, graph)
-            base = Candidate(
-                name, graph, "fp32", "none", ratio, graph_parameters(graph), [recovery]
-            )
+            if multi:
+                graphs = export_multi(family, pruned, workdir / name)
+            else:
+                graphs = {DEFAULT_GRAPH: workdir / f"{name}.onnx"}
+                family.export_onnx(pruned, graphs[DEFAULT_GRAPH])
+            size = sum(graph_parameters(g) for g in graphs.values())
+            base = Candidate(name, graphs, "fp32", "none", ratio, size, [recovery])
             if "pruned" in spec.variants:
                 candidates.append(base)
             if "pruned-int8" in spec.variants:
@@ -229,6 +272,32 @@ def _derive(
     return candidates
 
 
+def _export_fp32(
+    family: ZooFamily, source: ModelSource, module: nn.Module | None, workdir: Path
+) -> dict[str, Path]:
+    """The fp32 graphs: exported from the module, or the user's ONNX file as it is."""
+    fp32 = workdir / "fp32.onnx"
+    zoo_class = type(family.load())
+    if is_multi_graph(family):
+        if module is None or not isinstance(module, zoo_class):
+            raise ValueError(f"{family.name} variants are built from its own model class")
+        return export_multi(family, module, workdir / "fp32")
+    if module is None:
+        assert source.path is not None
+        fp32.write_bytes(source.path.read_bytes())
+    elif isinstance(module, zoo_class):
+        family.export_onnx(module, fp32)
+    else:
+        export_like_zoo(module, family, fp32, workdir)
+    return {DEFAULT_GRAPH: fp32}
+
+
+def export_multi(family: ZooFamily, module: nn.Module, directory: Path) -> dict[str, Path]:
+    """Export every graph of a multi-graph family's module into ``directory``."""
+    graphs: dict[str, Path] = family.export_graphs(module, directory)  # type: ignore[attr-defined]
+    return graphs
+
+
 def _measure(
     candidate: Candidate,
     spec: BuildSpec,
@@ -238,18 +307,56 @@ def _measure(
     progress: Progress,
 ) -> dict[str, Any]:
     progress(f"{family.name}: evaluating {candidate.name}")
-    metrics = family.evaluate(onnx_graph_runner(candidate.graph), spec.eval_limit)
+    metrics = family.evaluate(GraphSessions(candidate.graphs), spec.eval_limit)
     progress(f"{family.name}: profiling {candidate.name}")
     latency = profile_latency(
-        candidate.graph,
+        candidate.graphs,
         family.make_task(family.assets_dir),
         items,
-        spec.profile,
+        profile_settings(spec, family),
         spec.max_batch_size,
     )
-    feeds = dict(next(iter(family.calibration_inputs(1))))
-    resident = measure_resident_memory(candidate.graph, feeds, workdir)
+    if is_multi_graph(family):
+        examples = family.example_feeds()  # type: ignore[attr-defined]
+        resident = sum(
+            measure_resident_memory(path, examples[name], workdir)
+            for name, path in candidate.graphs.items()
+        )
+    else:
+        feeds = dict(next(iter(family.calibration_inputs(1))))
+        resident = measure_resident_memory(candidate.graph, feeds, workdir)
     return {"metrics": metrics, "latency": latency, "resident": resident}
+
+
+def profile_settings(spec: BuildSpec, family: ZooFamily) -> ProfileSettings:
+    """The spec's profile settings, or the family's own when the spec keeps the defaults.
+
+    A family whose requests take seconds (speech: 30 s encoder windows) sets shorter
+    profiles than the default, which would time each point for minutes.
+    """
+    own: ProfileSettings | None = getattr(family, "profile_settings", None)
+    return own if own is not None and spec.profile == ProfileSettings() else spec.profile
+
+
+def _stage(
+    c: Candidate,
+    name: str,
+    spec: BuildSpec,
+    family: ZooFamily,
+    io: tuple[list[TensorSpec], list[TensorSpec]],
+    graphs: list[GraphSpec],
+    staging: Path,
+) -> list[Path]:
+    """Lay out a variant's Triton model directories (one per graph); returns them."""
+    if not graphs:
+        config = triton_config(name, "onnxruntime", io[0], io[1], spec.max_batch_size)
+        return [stage_variant(staging, config, c.graph, family.assets_dir)]
+    dirs = []
+    for g in graphs:
+        graph_name = graph_model_name(name, g.name)
+        config = triton_config(graph_name, "onnxruntime", g.inputs, g.outputs, spec.max_batch_size)
+        dirs.append(stage_variant(staging, config, c.graphs[g.name], family.assets_dir))
+    return dirs
 
 
 def _variant_entry(
@@ -258,24 +365,23 @@ def _variant_entry(
     baseline: float,
     spec: BuildSpec,
     family: ZooFamily,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
+    io: tuple[list[TensorSpec], list[TensorSpec]],
+    graphs: list[GraphSpec],
     staging: Path,
 ) -> Variant:
     """The manifest entry of a measured candidate; published ones are staged on disk."""
     quality = _quality(m["metrics"], family)
     drop = baseline - quality
-    size = c.graph.stat().st_size
+    size = c.size_bytes
     rejected = drop > spec.max_quality_drop
     name = model_name(family.name, c.name)
     artifacts: list[Artifact] = []
     if not rejected:
-        config = triton_config(name, "onnxruntime", inputs, outputs, spec.max_batch_size)
-        model_dir = stage_variant(staging, config, c.graph, family.assets_dir)
         artifacts = [
             Artifact(
                 path=str(f.relative_to(staging)), sha256=sha256_file(f), size_bytes=f.stat().st_size
             )
+            for model_dir in _stage(c, name, spec, family, io, graphs, staging)
             for f in sorted(model_dir.rglob("*"))
             if f.is_file()
         ]
@@ -318,8 +424,11 @@ def build_family(
     with tempfile.TemporaryDirectory(prefix=f"build-{family.name}-") as tmp:
         workdir = Path(tmp)
         candidates = _derive(spec, family, source, workdir, say, skipped)
-        inputs, outputs = graph_io(candidates[0].graph)
-        if source.kind != "zoo":
+        graphs: list[GraphSpec] = (
+            family.graph_specs() if is_multi_graph(family) else []  # type: ignore[attr-defined]
+        )
+        inputs, outputs = ([], []) if graphs else graph_io(candidates[0].graph)
+        if source.kind != "zoo" and not graphs:
             want_in, want_out = zoo_contract(family, workdir)
             check_contract(
                 candidates[0].graph, [t.name for t in want_in], [t.name for t in want_out]
@@ -337,7 +446,9 @@ def build_family(
         baseline = _quality(measured["fp32"]["metrics"], family)
         staging = new_staging_dir(spec.repository, family.name)
         variants = [
-            _variant_entry(c, measured[c.name], baseline, spec, family, inputs, outputs, staging)
+            _variant_entry(
+                c, measured[c.name], baseline, spec, family, (inputs, outputs), graphs, staging
+            )
             for c in candidates
         ]
         best = frontier(
@@ -357,6 +468,7 @@ def build_family(
             max_batch_size=spec.max_batch_size,
             inputs=inputs,
             outputs=outputs,
+            graphs=graphs,
             assets=sorted(p.name for p in family.assets_dir.iterdir() if p.is_file()),
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
             source=f"{source.describe()} sha256:{sha256_file(candidates[0].graph)[:16]}",
@@ -369,9 +481,14 @@ def build_family(
     return BuildResult(manifest, path, skipped, time.perf_counter() - started)
 
 
-def artifact_path(repository: Path, variant: Variant) -> Path:
-    """The graph file of a published ONNX variant."""
-    return repository / variant.model_name / VERSION / ARTIFACT_FILE["onnxruntime"]
+def artifact_path(repository: Path, variant: Variant, graph: str = DEFAULT_GRAPH) -> Path:
+    """A graph file of a published ONNX variant (``graph`` names one of several)."""
+    directory = (
+        variant.model_name
+        if graph == DEFAULT_GRAPH
+        else graph_model_name(variant.model_name, graph)
+    )
+    return repository / directory / VERSION / ARTIFACT_FILE["onnxruntime"]
 
 
 def count_initializer_elements(graph: Path, dtype: int) -> int:

@@ -21,8 +21,8 @@ import numpy as np
 
 from builders.spec import ProfileSettings
 from gateway.manifest import LatencyPoint
-from gateway.tasks.base import RunGraph, Task, Tensor
-from gateway.tasks.onnx_runner import onnx_graph_runner
+from gateway.tasks.base import DEFAULT_GRAPH, RunGraph, Task, Tensor
+from gateway.tasks.onnx_runner import GraphSessions
 
 
 def _percentiles(samples_s: Sequence[float]) -> tuple[float, float, float]:
@@ -51,11 +51,13 @@ class GraphClock:
         self.seconds = 0.0
         """Time inside the graph since this was last set to 0."""
 
-    def __call__(self, inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        """Run the graph on ``inputs`` and add its time to ``seconds``."""
+    def __call__(
+        self, inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH
+    ) -> Mapping[str, Tensor]:
+        """Run ``graph`` on ``inputs`` and add its time to ``seconds``."""
         start = time.perf_counter()
         try:
-            return self.run_graph(inputs)
+            return self.run_graph(inputs, graph)
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -110,12 +112,20 @@ def _point(
 
 
 def profile_latency(
-    graph: Path, task: Task, items: list[Any], settings: ProfileSettings, max_batch_size: int
+    graph: Path | Mapping[str, Path],
+    task: Task,
+    items: list[Any],
+    settings: ProfileSettings,
+    max_batch_size: int,
 ) -> list[LatencyPoint]:
-    """Time the variant at each batch size (concurrency 1) and each concurrency (batch 1)."""
+    """Time the variant at each batch size (concurrency 1) and each concurrency (batch 1).
+
+    ``graph`` is the one graph of a variant, or every graph of a multi-graph one by name.
+    """
     if not items:
         raise ValueError("profiling needs at least one sample item")
-    run_graph = onnx_graph_runner(graph, settings.intra_op_threads)
+    graphs = {DEFAULT_GRAPH: graph} if isinstance(graph, Path) else dict(graph)
+    run_graph = GraphSessions(graphs, settings.intra_op_threads)
     points = [
         _point(task, run_graph, items, batch, 1, settings)
         for batch in settings.batch_sizes

@@ -41,7 +41,7 @@ from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
 from gateway.routing.live import Clock, LiveStats
 from gateway.routing.selector import SelectorConfig, select
 from gateway.taskio import TASK_IO, TensorInfo
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import DEFAULT_GRAPH, Tensor
 from gateway.types import Budget, InferRequest, InferResponse, NamedTensor, Selection
 
 ROUTER_PLATFORM = "variant-router"
@@ -419,7 +419,11 @@ class DataPlane:
             finally:
                 backend_seconds.observe(self.clock() - t0)
 
-        def run_graph(inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        def run_graph(
+            inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH
+        ) -> Mapping[str, Tensor]:
+            if graph != DEFAULT_GRAPH:
+                raise VariantUnavailableError(f"{served.variant.model_name} has no graph {graph!r}")
             remaining_s = deadline_s - self.clock()
             if abandoned.is_set() or remaining_s <= 0:
                 raise BackendTimeoutError("the request's deadline passed")

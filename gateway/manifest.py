@@ -32,6 +32,11 @@ def model_name(family: str, variant: str) -> str:
     return f"{family}{VARIANT_SEPARATOR}{variant}"
 
 
+def graph_model_name(variant_model_name: str, graph: str) -> str:
+    """The Triton model of one graph of a multi-graph variant: ``speech__fp32__encoder``."""
+    return f"{variant_model_name}{VARIANT_SEPARATOR}{graph}"
+
+
 def split_model_name(name: str) -> tuple[str, str | None]:
     """Split ``"vision__int8"`` into ``("vision", "int8")``; a bare family gets ``None``."""
     family, sep, variant = name.partition(VARIANT_SEPARATOR)
@@ -44,6 +49,19 @@ class TensorSpec(_Strict):
     name: str
     datatype: Datatype
     dims: list[int] = Field(description="Shape without the batch dimension; -1 is dynamic.")
+
+
+class GraphSpec(_Strict):
+    """One graph of a multi-graph variant (e.g. Whisper's encoder and decoder).
+
+    Every variant of the family has the same graphs with the same tensors. Each graph is its
+    own Triton model, ``<family>__<variant>__<graph>``, and is one runtime request per call.
+    """
+
+    name: str = Field(description="Graph name the task code calls, e.g. 'encoder'.")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    description: str = Field(default="", description="What the graph computes, in words.")
 
 
 class Artifact(_Strict):
@@ -130,8 +148,14 @@ class FamilyManifest(_Strict):
     task: Literal["image-labels", "audio-text", "text-text"]
     metric: MetricInfo
     max_batch_size: int = Field(ge=0)
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: list[TensorSpec] = Field(description="The single graph's inputs (empty with graphs).")
+    outputs: list[TensorSpec] = Field(description="The single graph's outputs (empty with graphs).")
+    graphs: list[GraphSpec] = Field(
+        default_factory=list,
+        exclude_if=lambda graphs: not graphs,
+        description="The graphs of multi-graph variants; absent for one-graph variants, whose "
+        "graph is 'model' with the inputs and outputs above.",
+    )
     assets: list[str] = Field(description="Asset files copied beside each graph.")
     built_at: str = Field(description="UTC ISO-8601 time of the build.")
     source: str = Field(description="Where the fp32 model came from (checkpoint and hash).")
@@ -148,6 +172,10 @@ class FamilyManifest(_Strict):
                     f"variant {v.name}: model_name must be {model_name(self.family, v.name)}"
                 )
         return self
+
+    def graph_names(self) -> list[str]:
+        """The graph names of every variant: ``["model"]`` unless ``graphs`` lists several."""
+        return [g.name for g in self.graphs] or ["model"]
 
     def published(self) -> list[Variant]:
         """Variants the gateway may serve."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 
 from gateway.errors import InvalidRequestError
 from gateway.tasks.audio import audio_seconds
 from gateway.tasks.base import RunGraph, TaskInputError
-from gateway.tasks.speech import GraphRunner, WhisperTask
+from gateway.tasks.speech import WhisperTask
 from gateway.tasks.translation import TranslationTask
 from gateway.tasks.vision import DEFAULT_TOP_K, ImageTask, decode_image
 from gateway.types import NamedTensor, ParamValue, bytes_array
@@ -195,9 +195,7 @@ class AudioIO:
 
     def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
         """Transcribe the batch (the encoder once per 30 s window, the decoder per token)."""
-        # Whisper's runner is called with a graph name ("encoder", "decoder").
-        runner = cast(GraphRunner, run_graph)
-        return _run_task(lambda: list(self.task.run(items, runner)))
+        return _run_task(lambda: list(self.task.run(items, run_graph)))
 
     def pack(self, results: list[Any]) -> list[NamedTensor]:
         """``text`` BYTES [B]."""

