@@ -328,6 +328,18 @@ def _measure(
     return {"metrics": metrics, "latency": latency, "resident": resident}
 
 
+DEFAULT_QUALITY_DROP = 2.0
+"""Points of quality a variant may lose against fp32 unless the spec or family says."""
+
+
+def quality_budget(spec: BuildSpec, family: ZooFamily) -> float:
+    """Points a variant may lose: the spec's, else the family's own, else 2."""
+    if spec.max_quality_drop is not None:
+        return spec.max_quality_drop
+    own: float = getattr(family, "max_quality_drop", DEFAULT_QUALITY_DROP)
+    return own
+
+
 def profile_settings(spec: BuildSpec, family: ZooFamily) -> ProfileSettings:
     """The spec's profile settings, or the family's own when the spec keeps the defaults.
 
@@ -373,7 +385,8 @@ def _variant_entry(
     quality = _quality(m["metrics"], family)
     drop = baseline - quality
     size = c.size_bytes
-    rejected = drop > spec.max_quality_drop
+    budget = quality_budget(spec, family)
+    rejected = drop > budget
     name = model_name(family.name, c.name)
     artifacts: list[Artifact] = []
     if not rejected:
@@ -385,7 +398,7 @@ def _variant_entry(
             for f in sorted(model_dir.rglob("*"))
             if f.is_file()
         ]
-    reason = f"loses {drop:.2f} points of {family.metric.name}, budget {spec.max_quality_drop:.2f}"
+    reason = f"loses {drop:.2f} points of {family.metric.name}, budget {budget:.2f}"
     return Variant(
         name=c.name,
         model_name=name,

@@ -19,7 +19,7 @@ class MetricSpec:
     """The task metric that decides whether a variant is good enough."""
 
     name: str
-    """Key in the metrics dict, e.g. ``"wer"``, ``"bleu"``, ``"top1"``."""
+    """Key in the metrics dict, e.g. ``"wer"``, ``"bleu"``, ``"agreement"``."""
     higher_is_better: bool
     """True for accuracy-like metrics, False for error rates such as WER."""
     scale: float = 100.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,44 +74,6 @@ def test_reader_refuses_other_files(tmp_path):
     bad.write_bytes((6).to_bytes(4, "little") + b"\x05\x00Whi")
     with pytest.raises(Ct2FormatError, match="truncated"):
         read_model_bin(bad)
-
-
-def _tiny_hf(directory: Path) -> torch.nn.Module:
-    """A randomly initialised Whisper written by transformers itself."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.WhisperConfig(
-        vocab_size=51864,
-        num_mel_bins=80,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_layers=2,
-        decoder_attention_heads=2,
-        d_model=16,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=24,
-        max_source_positions=1500,
-        max_target_positions=448,
-        decoder_start_token_id=50257,
-        pad_token_id=50256,
-        bos_token_id=50256,
-        eos_token_id=50256,
-    )
-    torch.manual_seed(0)
-    model = transformers.WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random biases everywhere but the keys, so the mapping shows
-        for name, p in model.named_parameters():
-            if name.endswith("bias") and "k_proj" not in name:
-                p.normal_()
-    model.save_pretrained(directory)
-    shutil.copyfile(packaged_model_dir() / "tokenizer.json", directory / "tokenizer.json")
-    return model
-
-
-@pytest.fixture(scope="module")
-def tiny_hf_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("hf-whisper")
-    _tiny_hf(directory)
-    return directory
 
 
 def test_hf_directory_loads_and_matches_transformers(tiny_hf_dir):

@@ -46,6 +46,8 @@ class SpeechFamily:
     graphs = (ENCODER, DECODER)
     recover_budget_s = 120.0
     int8_method = "dynamic"
+    max_quality_drop = 2.5
+    """Two more word errors than fp32 on the 91 words of the real recordings (2.2 points)."""
     profile_settings = ProfileSettings(
         batch_sizes=(1, 4),
         concurrency_levels=(1, 2),
