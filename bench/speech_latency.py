@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gateway_overhead import interleaved  # noqa: E402
 
+from builders.build import artifact_path  # noqa: E402
 from builders.zoo.speech import data  # noqa: E402
 from builders.zoo.speech.evaluation import error_rates  # noqa: E402
 from builders.zoo.speech.sources import packaged_model_dir  # noqa: E402
-from gateway.layout import GRAPH_FILES  # noqa: E402
-from gateway.manifest import graph_model_name, load_manifest, manifest_path  # noqa: E402
+from gateway.manifest import load_manifest, manifest_path  # noqa: E402
 from gateway.tasks.onnx_runner import GraphSessions  # noqa: E402
 from gateway.tasks.speech import WhisperTask  # noqa: E402
 
@@ -89,10 +89,7 @@ def main() -> None:
         return "".join(s.text for s in segments).strip()
 
     fp32 = manifest.variant("fp32")
-    graphs = {
-        g: args.repository / graph_model_name(fp32.model_name, g) / "1" / GRAPH_FILES["onnx"]
-        for g in manifest.graph_names()
-    }
+    graphs = {g: artifact_path(args.repository, fp32, g) for g in manifest.graph_names()}
     runner = GraphSessions(graphs, args.threads)
     task = WhisperTask(graphs["encoder"].parent)
 
