@@ -23,6 +23,8 @@ FloatArray = npt.NDArray[np.float32]
 
 SAMPLE_RATE_HZ = 16000
 """Rate of every waveform the speech models see; raw waveforms must already be at it."""
+MIN_RATE_HZ, MAX_RATE_HZ = 4000, 384000
+"""Sample rates an encoded file may have; outside them it is refused, not resampled."""
 MAX_AUDIO_S = 600.0
 """Longest audio one item may hold (10 minutes), encoded or raw. Longer audio is refused
 with INVALID_ARGUMENT; up to this, speech is transcribed window by window in one request."""
@@ -77,6 +79,11 @@ def decode_audio(data: bytes, max_duration_s: float = MAX_AUDIO_S) -> FloatArray
         TaskInputError: Not decodable, empty, or longer than ``max_duration_s``.
     """
     header = _info(data)
+    if not MIN_RATE_HZ <= header.rate_hz <= MAX_RATE_HZ:
+        raise TaskInputError(
+            f"unsupported sample rate {header.rate_hz} Hz; "
+            f"audio files must be {MIN_RATE_HZ} to {MAX_RATE_HZ} Hz"
+        )
     if header.duration_s > max_duration_s:
         raise TaskInputError(
             f"audio is {header.duration_s:.1f} s long; the limit is {max_duration_s:g} s"

@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 import onnxruntime as ort
 import pytest
-from repo_fixture import image_graph, speech_graph
+from repo_fixture import image_graph
+from whisper_fixture import decoder_graph
 
 from gateway.backends.base import ModelRef
 from gateway.backends.embedded import EmbeddedBackend
@@ -43,19 +44,30 @@ async def test_concurrent_runs_are_batched_and_split(tmp_path):
 
 
 async def test_different_shapes_are_not_batched(tmp_path):
-    ref = _ref(tmp_path, speech_graph())
+    ref = _ref(tmp_path, decoder_graph())
     batches: list[int] = []
     backend = EmbeddedBackend(variant_concurrency=1, on_batch=lambda r, rows: batches.append(rows))
     await backend.load(ref)
+
+    def step(cached: int) -> dict[str, np.ndarray]:
+        cache = np.zeros((1, 1, 1, cached, 1), np.float32)
+        cross = np.ones((1, 1, 1, 2, 1), np.float32)
+        return {
+            "tokens": np.zeros((1, 1), np.int64),
+            "self_keys": cache,
+            "self_values": cache,
+            "cross_keys": cross,
+            "cross_values": cross,
+        }
+
     try:
-        short = {"features": np.zeros((1, 10, 80), np.float32)}
-        long = {"features": np.zeros((1, 30, 80), np.float32)}
         out = await asyncio.gather(
-            backend.run(ref, short), backend.run(ref, long), backend.run(ref, short)
+            backend.run(ref, step(0)), backend.run(ref, step(3)), backend.run(ref, step(0))
         )
     finally:
         await backend.close()
-    assert [o["log_probs"].shape[1] for o in out] == [5, 15, 5]
+    # Decoder steps at different cache lengths cannot share a batch; equal ones do.
+    assert [o["self_keys_out"].shape[3] for o in out] == [1, 4, 1]
     assert sorted(batches) == [1, 2]
 
 

@@ -91,6 +91,12 @@ def test_bad_audio_is_refused_with_a_clear_message(item, message):
         task.waveform(item)
 
 
+def test_files_at_an_absurd_rate_are_refused():
+    task = WhisperTask(ASSETS_DIR)
+    with pytest.raises(TaskInputError, match="unsupported sample rate 1000 Hz"):
+        task.waveform(encode(np.zeros(1000, np.float32), 1000, "WAV", "PCM_16"))
+
+
 def test_too_long_files_are_refused_from_their_header():
     task = WhisperTask(ASSETS_DIR)
     payload = encode(np.zeros(8000 * 601, np.float32), 8000, "WAV", "PCM_16")
