@@ -56,7 +56,7 @@ from gateway.manifest import (
     model_name,
     write_manifest,
 )
-from gateway.tasks.base import DEFAULT_GRAPH
+from gateway.tasks.base import MAIN_GRAPH
 from gateway.tasks.onnx_runner import GraphSessions
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Candidate:
     @property
     def graph(self) -> Path:
         """The graph of a one-graph variant (the first graph of a multi-graph one)."""
-        return self.graphs.get(DEFAULT_GRAPH) or next(iter(self.graphs.values()))
+        return self.graphs.get(MAIN_GRAPH) or next(iter(self.graphs.values()))
 
     @property
     def size_bytes(self) -> int:
@@ -88,13 +88,13 @@ class Candidate:
 
 def graph_names(family: ZooFamily) -> tuple[str, ...]:
     """The graphs of each of the family's variants (``("model",)`` unless it declares more)."""
-    names: tuple[str, ...] = getattr(family, "graphs", (DEFAULT_GRAPH,))
+    names: tuple[str, ...] = getattr(family, "graphs", (MAIN_GRAPH,))
     return names
 
 
 def is_multi_graph(family: ZooFamily) -> bool:
     """Whether the family's variants have several graphs (with ``export_graphs`` etc.)."""
-    return graph_names(family) != (DEFAULT_GRAPH,)
+    return graph_names(family) != (MAIN_GRAPH,)
 
 
 @dataclass
@@ -217,7 +217,7 @@ def _derive(
             notes.append(f"{result.weight_only_tensors} recurrent weight tensors int8 weight-only")
         return Candidate(
             name,
-            {DEFAULT_GRAPH: target},
+            {MAIN_GRAPH: target},
             "int8",
             method,
             base.pruning_ratio,
@@ -257,8 +257,8 @@ def _derive(
             if multi:
                 graphs = export_multi(family, pruned, workdir / name)
             else:
-                graphs = {DEFAULT_GRAPH: workdir / f"{name}.onnx"}
-                family.export_onnx(pruned, graphs[DEFAULT_GRAPH])
+                graphs = {MAIN_GRAPH: workdir / f"{name}.onnx"}
+                family.export_onnx(pruned, graphs[MAIN_GRAPH])
             size = sum(graph_parameters(g) for g in graphs.values())
             base = Candidate(name, graphs, "fp32", "none", ratio, size, [recovery])
             if "pruned" in spec.variants:
@@ -289,7 +289,7 @@ def _export_fp32(
         family.export_onnx(module, fp32)
     else:
         export_like_zoo(module, family, fp32, workdir)
-    return {DEFAULT_GRAPH: fp32}
+    return {MAIN_GRAPH: fp32}
 
 
 def export_multi(family: ZooFamily, module: nn.Module, directory: Path) -> dict[str, Path]:
@@ -494,12 +494,10 @@ def build_family(
     return BuildResult(manifest, path, skipped, time.perf_counter() - started)
 
 
-def artifact_path(repository: Path, variant: Variant, graph: str = DEFAULT_GRAPH) -> Path:
+def artifact_path(repository: Path, variant: Variant, graph: str = MAIN_GRAPH) -> Path:
     """A graph file of a published ONNX variant (``graph`` names one of several)."""
     directory = (
-        variant.model_name
-        if graph == DEFAULT_GRAPH
-        else graph_model_name(variant.model_name, graph)
+        variant.model_name if graph == MAIN_GRAPH else graph_model_name(variant.model_name, graph)
     )
     return repository / directory / VERSION / ARTIFACT_FILE["onnxruntime"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from builders.spec import ProfileSettings
 from gateway.manifest import LatencyPoint
-from gateway.tasks.base import DEFAULT_GRAPH, RunGraph, Task, Tensor
+from gateway.tasks.base import MAIN_GRAPH, RunGraphs, Task, Tensor
 from gateway.tasks.onnx_runner import GraphSessions
 
 
@@ -46,13 +46,13 @@ def _timed_loop(request: Callable[[], None], settings: ProfileSettings) -> list[
 class GraphClock:
     """A graph runner that adds up the time spent in the graph it wraps (one thread each)."""
 
-    def __init__(self, run_graph: RunGraph) -> None:
+    def __init__(self, run_graph: RunGraphs) -> None:
         self.run_graph = run_graph
         self.seconds = 0.0
         """Time inside the graph since this was last set to 0."""
 
     def __call__(
-        self, inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH
+        self, inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
     ) -> Mapping[str, Tensor]:
         """Run ``graph`` on ``inputs`` and add its time to ``seconds``."""
         start = time.perf_counter()
@@ -64,7 +64,7 @@ class GraphClock:
 
 def _point(
     task: Task,
-    run_graph: RunGraph,
+    run_graph: RunGraphs,
     items: list[Any],
     batch: int,
     threads: int,
@@ -124,7 +124,7 @@ def profile_latency(
     """
     if not items:
         raise ValueError("profiling needs at least one sample item")
-    graphs = {DEFAULT_GRAPH: graph} if isinstance(graph, Path) else dict(graph)
+    graphs = {MAIN_GRAPH: graph} if isinstance(graph, Path) else dict(graph)
     run_graph = GraphSessions(graphs, settings.intra_op_threads)
     points = [
         _point(task, run_graph, items, batch, 1, settings)

@@ -14,7 +14,7 @@ through a graph runner and packs the results as output tensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ import numpy as np
 
 from gateway.errors import InvalidRequestError
 from gateway.tasks.audio import audio_seconds
-from gateway.tasks.base import RunGraph, TaskInputError
+from gateway.tasks.base import RunGraphs, TaskInputError
 from gateway.tasks.speech import WhisperTask
 from gateway.tasks.translation import TranslationTask
 from gateway.tasks.vision import DEFAULT_TOP_K, ImageTask, decode_image
@@ -53,7 +53,15 @@ class TaskIO(Protocol):
         """Task options from request parameters (e.g. ``top_k``)."""
         ...
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """What one item costs to serve, in the family's ``size_unit`` (cheap: no decoding)."""
+        ...
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Requests with equal keys may share one task run; None never shares."""
+        ...
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Decode and run ``items`` through the task; one result per item."""
         ...
 
@@ -138,7 +146,15 @@ class ImageIO:
             )
         return {"top_k": value}
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """Every image costs the same: it is resized to the graph's input."""
+        return 1.0
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Any images batch together (each is resized to the same input)."""
+        return ""
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Decode encoded images, then classify the batch with one graph call."""
 
         def call() -> list[Any]:
@@ -193,7 +209,14 @@ class AudioIO:
         """No options."""
         return {}
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Any audio batches together.
+
+        Every window is padded to 30 s on its own, so neighbours do not change a transcript.
+        """
+        return ""
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Transcribe the batch (the encoder once per 30 s window, the decoder per token)."""
         return _run_task(lambda: list(self.task.run(items, run_graph)))
 
@@ -232,7 +255,15 @@ class TextIO:
         """No options."""
         return {}
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """Words of the source text (decoding time grows with its length)."""
+        return float(len(str(item).split()))
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Any texts batch together (the graph masks padding)."""
+        return ""
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Translate the batch (the greedy decode loop calls the graph per token)."""
         return _run_task(lambda: list(self.task.run(items, run_graph)))
 

@@ -40,7 +40,7 @@ import tritonclient.grpc.aio as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from gateway.backends.base import Backend, Lease, ModelRef
+from gateway.backends.base import Backend, GraphRunner, Lease, ModelRef, loop_runner
 from gateway.errors import (
     BackendTimeoutError,
     CapacityExhaustedError,
@@ -250,6 +250,9 @@ class TritonBackend:
     Nothing touches the network until :meth:`start`, which must run on the event loop that
     will use the backend (gRPC aio channels belong to the loop that created them).
     """
+
+    runs_in_caller = False
+    """Graph calls go through the event loop, so task code must not run on it."""
 
     def __init__(
         self,
@@ -892,6 +895,10 @@ class TritonBackend:
     ) -> dict[str, Tensor]:
         """Run on the lease's server while it serves the variant; else as :meth:`run`."""
         return await self._run(lease.ref, inputs, timeout_s, lease.holder)
+
+    def graph_runner(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> GraphRunner:
+        """Run the lease's graph from a worker thread, through this backend on ``loop``."""
+        return loop_runner(self.run_leased, lease, loop)
 
     async def run(
         self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -11,30 +11,46 @@ import numpy.typing as npt
 Tensor = npt.NDArray[Any]
 """A named input or output tensor of a variant's graph."""
 
-DEFAULT_GRAPH = "model"
-"""The graph name of a single-graph variant."""
+RunGraph = Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]
+"""Runs a variant's one graph: named input tensors in, named output tensors out.
+
+The embedded ONNX Runtime backend and the Triton backend each provide one, so the task code
+never knows which runtime served it.
+"""
+
+MAIN_GRAPH = "model"
+"""The name of a variant's graph when it has only one."""
 
 
-class RunGraph(Protocol):
-    """Runs one graph of a variant: named input tensors in, named output tensors out.
+class RunGraphs(Protocol):
+    """Runs one of a variant's named graphs; a :data:`RunGraph` for tasks with one graph.
 
-    ``graph`` names the graph for variants of several graphs (Whisper's ``encoder`` and
-    ``decoder``); single-graph variants have one, ``"model"``. The embedded ONNX Runtime
-    backend and the Triton backend each provide one, so the task code never knows which
-    runtime served it.
+    What the data plane hands every task: single-graph tasks call it with the inputs only,
+    tasks whose variants have several graphs (an encoder and a decoder step) name them.
     """
 
     def __call__(
-        self, inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH
+        self, inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
     ) -> Mapping[str, Tensor]:
-        """Run ``graph`` on ``inputs``; returns its outputs by name."""
+        """Run ``graph`` once on ``inputs``."""
         ...
+
+
+def single_graph(run_graph: RunGraph) -> RunGraphs:
+    """A :class:`RunGraphs` over the one graph of a single-graph variant."""
+
+    def run(inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH) -> Mapping[str, Tensor]:
+        if graph != MAIN_GRAPH:
+            raise KeyError(f"this variant has one graph, {MAIN_GRAPH!r}, not {graph!r}")
+        return run_graph(inputs)
+
+    return run
 
 
 class Task(Protocol):
     """Task-level I/O for one family: items in, results out, through a graph runner."""
 
-    def run(self, items: list[Any], run_graph: RunGraph) -> list[Any]:
+    def run(self, items: list[Any], run_graph: RunGraphs) -> list[Any]:
         """Process a batch of task-level items (images, waveforms, texts) into results."""
         ...
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from gateway.tasks.base import DEFAULT_GRAPH, RunGraph, Tensor
+from gateway.tasks.base import MAIN_GRAPH, RunGraph, Tensor
 
 
 def make_session(path: Path, intra_op_threads: int = 1) -> ort.InferenceSession:
@@ -24,7 +24,7 @@ def session_runner(session: ort.InferenceSession) -> RunGraph:
     """Wrap a session as a ``RunGraph`` returning every output by name."""
     output_names = [o.name for o in session.get_outputs()]
 
-    def run(inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH) -> Mapping[str, Tensor]:
+    def run(inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH) -> Mapping[str, Tensor]:
         values = session.run(output_names, dict(inputs))
         return dict(zip(output_names, values, strict=True))
 
@@ -47,7 +47,7 @@ class GraphSessions:
         }
 
     def __call__(
-        self, inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH
+        self, inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
     ) -> Mapping[str, Tensor]:
         """Run the graph called ``graph`` on ``inputs``."""
         runner = self.runners.get(graph)

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.tasks.audio import MAX_AUDIO_S, check_waveform, decode_audio
-from gateway.tasks.base import RunGraph
+from gateway.tasks.base import RunGraphs
 from gateway.tasks.bpe import ByteLevelDecoder
 from gateway.tasks.log_mel import WINDOW_FRAMES, log_mel, window
 
@@ -146,7 +146,7 @@ class WhisperTask:
         bounds = window_bounds(features.shape[1], features.mean(axis=0))
         return [window(features, start, stop) for start, stop in bounds]
 
-    def run(self, items: Sequence[FloatArray | bytes], run_graph: RunGraph) -> list[str]:
+    def run(self, items: Sequence[FloatArray | bytes], run_graph: RunGraphs) -> list[str]:
         """Transcribe a batch of items; one transcript per item, in order.
 
         Raises:
@@ -177,7 +177,7 @@ class WhisperTask:
             return ""
         return self.vocabulary.decode(result.tokens).strip()
 
-    def decode_windows(self, mel: FloatArray, run_graph: RunGraph) -> list[WindowResult]:
+    def decode_windows(self, mel: FloatArray, run_graph: RunGraphs) -> list[WindowResult]:
         """Greedy decoding of a batch of windows ``mel`` [B, 80, 3000] with the KV cache."""
         s = self.settings
         encoded = run_graph({"mel": mel}, ENCODER)

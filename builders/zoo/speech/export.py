@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from builders.zoo.speech.model import Whisper
-from gateway.tasks.base import DEFAULT_GRAPH
+from gateway.tasks.base import MAIN_GRAPH
 from gateway.tasks.base import Tensor as Array
 from gateway.tasks.log_mel import WINDOW_FRAMES
 from gateway.tasks.speech import DECODER, ENCODER
@@ -123,9 +123,7 @@ class TorchGraphs:
     def __init__(self, model: Whisper) -> None:
         self.model = model.eval()
 
-    def __call__(
-        self, inputs: Mapping[str, Array], graph: str = DEFAULT_GRAPH
-    ) -> Mapping[str, Array]:
+    def __call__(self, inputs: Mapping[str, Array], graph: str = MAIN_GRAPH) -> Mapping[str, Array]:
         """Run one graph by name."""
         feeds = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         with torch.inference_mode():

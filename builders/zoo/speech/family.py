@@ -26,7 +26,7 @@ from builders.zoo.speech.model import Whisper
 from builders.zoo.speech.quantize import quantize_graph
 from builders.zoo.speech.sources import load_ct2, load_hf, packaged_model_dir
 from gateway.manifest import GraphSpec, TensorSpec
-from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.base import RunGraphs, Task
 from gateway.tasks.log_mel import WINDOW_FRAMES
 from gateway.tasks.speech import DECODER, ENCODER, WhisperTask
 
@@ -132,7 +132,7 @@ class SpeechFamily:
             quantize_graph(path, out[name])
         return out
 
-    def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
+    def evaluate(self, run_graph: RunGraphs, limit: int | None = None) -> dict[str, float]:
         """WER/CER on the real recordings (``wer``, ``cer``) and on each synthetic set.
 
         ``limit`` keeps the first N utterances of each set.
@@ -156,7 +156,7 @@ class SpeechFamily:
             metrics[f"words{suffix}"] = rates["words"]
         return metrics
 
-    def torch_runner(self, module: nn.Module) -> RunGraph:
+    def torch_runner(self, module: nn.Module) -> RunGraphs:
         """Both graphs run in torch, with the ONNX graphs' names and tensors."""
         return torch_runner(_as_whisper(module))
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from builders.zoo.translation.corpus import Pair, read_split
 from builders.zoo.translation.tokenizer import ASSETS_DIR
-from gateway.tasks.base import DEFAULT_GRAPH, RunGraph, Tensor
+from gateway.tasks.base import RunGraph, Tensor
 from gateway.tasks.translation import TranslationTask
 
 OPSET = 17
@@ -26,7 +26,7 @@ def torch_runner(module: nn.Module) -> RunGraph:
     """A runner over a torch module with the graph's tensors (puts the module in eval mode)."""
     module.eval()
 
-    def run(inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH) -> Mapping[str, Tensor]:
+    def run(inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         src = torch.from_numpy(np.ascontiguousarray(inputs["src_ids"], dtype=np.int64))
         tgt = torch.from_numpy(np.ascontiguousarray(inputs["tgt_ids"], dtype=np.int64))
         with torch.inference_mode():

@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from gateway.tasks.base import DEFAULT_GRAPH, RunGraph, Tensor
+from gateway.tasks.base import RunGraph, Tensor
 from gateway.tasks.vision import ImageTask, UInt8Image
 
 ONNX_OPSET = 17
@@ -54,7 +54,7 @@ def torch_runner(module: nn.Module) -> RunGraph:
     """A graph runner over a classifier module with the ONNX graph's tensor names."""
     module.eval()
 
-    def run(inputs: Mapping[str, Tensor], graph: str = DEFAULT_GRAPH) -> Mapping[str, Tensor]:
+    def run(inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         images = torch.from_numpy(np.ascontiguousarray(inputs["images"], dtype=np.float32))
         with torch.inference_mode():
             logits = module(images)
