@@ -14,9 +14,6 @@ from typing import Protocol, runtime_checkable
 
 from gateway.tasks.base import Tensor
 
-GRAPH_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
-"""Graph file name in a version directory, per manifest ``runtime``."""
-
 
 @dataclass(frozen=True)
 class ModelRef:
