@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.layout import Runtime, graph_path
+
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_SUFFIX = ".manifest.json"
 VARIANT_SEPARATOR = "__"
@@ -89,7 +91,7 @@ class Variant(_Strict):
     status: Literal["published", "rejected"]
     rejection_reason: str | None = None
     recommended: bool = Field(description="On the size/latency/quality Pareto frontier.")
-    runtime: Literal["onnx", "tensorrt"] = "onnx"
+    runtime: Runtime = "onnx"
     precision: Literal["fp32", "fp16", "int8"]
     quantization: Literal["none", "static-qdq", "dynamic"] = "none"
     pruning_ratio: float = Field(ge=0, lt=1)
@@ -119,6 +121,10 @@ class Variant(_Strict):
     )
     gpu_memory_source: Literal["measured", "estimated"] = "estimated"
     notes: list[str] = Field(default_factory=list, description="How it was made, in words.")
+
+    def graph_path(self, repository: Path) -> Path:
+        """This variant's graph file in ``repository`` (see :mod:`gateway.layout`)."""
+        return graph_path(repository, self.model_name, self.runtime)
 
     def latency_at(self, batch_size: int = 1, concurrency: int = 1) -> LatencyPoint | None:
         """The profiled point closest to (batch_size, concurrency), preferring exact matches."""
