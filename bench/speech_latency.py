@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gateway_overhead import interleaved  # noqa: E402
 
-from builders.build import artifact_path  # noqa: E402
 from builders.zoo.speech import data  # noqa: E402
 from builders.zoo.speech.evaluation import error_rates  # noqa: E402
 from builders.zoo.speech.sources import packaged_model_dir  # noqa: E402
@@ -89,7 +88,7 @@ def main() -> None:
         return "".join(s.text for s in segments).strip()
 
     fp32 = manifest.variant("fp32")
-    graphs = {g: artifact_path(args.repository, fp32, g) for g in manifest.graph_names()}
+    graphs = {g: fp32.graph_path(args.repository, g) for g in manifest.graph_names()}
     runner = GraphSessions(graphs, args.threads)
     task = WhisperTask(graphs["encoder"].parent)
 

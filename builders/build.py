@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
@@ -32,18 +31,12 @@ from builders.convert.onnx2trt import tensorrt_unavailable_reason
 from builders.optimize.quantize import QuantizationMethod, op_types, to_fp16, to_int8
 from builders.pareto import Point, frontier
 from builders.profile import estimate_gpu_memory, measure_resident_memory, profile_latency
-from builders.repository import (
-    ARTIFACT_FILE,
-    VERSION,
-    new_staging_dir,
-    publish_family,
-    sha256_file,
-    stage_variant,
-    triton_config,
-)
+from builders.repository import new_staging_dir, publish_family, stage_variant
 from builders.sources import ModelSource, check_contract, load_torch_module
 from builders.spec import BuildSpec, ProfileSettings, pruned_name
+from builders.triton.model_config import TritonModel
 from builders.zoo.api import ZooFamily
+from gateway.layout import graph_model_name, sha256_file
 from gateway.manifest import (
     Artifact,
     Datatype,
@@ -52,7 +45,6 @@ from gateway.manifest import (
     MetricInfo,
     TensorSpec,
     Variant,
-    graph_model_name,
     model_name,
     write_manifest,
 )
@@ -361,13 +353,18 @@ def _stage(
 ) -> list[Path]:
     """Lay out a variant's Triton model directories (one per graph); returns them."""
     if not graphs:
-        config = triton_config(name, "onnxruntime", io[0], io[1], spec.max_batch_size)
-        return [stage_variant(staging, config, c.graph, family.assets_dir)]
+        model = TritonModel(name, "onnx", tuple(io[0]), tuple(io[1]), spec.max_batch_size)
+        return [stage_variant(staging, model, c.graph, family.assets_dir)]
     dirs = []
     for g in graphs:
-        graph_name = graph_model_name(name, g.name)
-        config = triton_config(graph_name, "onnxruntime", g.inputs, g.outputs, spec.max_batch_size)
-        dirs.append(stage_variant(staging, config, c.graphs[g.name], family.assets_dir))
+        model = TritonModel(
+            graph_model_name(name, g.name),
+            "onnx",
+            tuple(g.inputs),
+            tuple(g.outputs),
+            spec.max_batch_size,
+        )
+        dirs.append(stage_variant(staging, model, c.graphs[g.name], family.assets_dir))
     return dirs
 
 
@@ -492,19 +489,3 @@ def build_family(
     for reason in skipped:
         say(f"{family.name}: skipped {reason}")
     return BuildResult(manifest, path, skipped, time.perf_counter() - started)
-
-
-def artifact_path(repository: Path, variant: Variant, graph: str = MAIN_GRAPH) -> Path:
-    """A graph file of a published ONNX variant (``graph`` names one of several)."""
-    directory = (
-        variant.model_name if graph == MAIN_GRAPH else graph_model_name(variant.model_name, graph)
-    )
-    return repository / directory / VERSION / ARTIFACT_FILE["onnxruntime"]
-
-
-def count_initializer_elements(graph: Path, dtype: int) -> int:
-    """Elements of initializers of one ONNX dtype (e.g. ``onnx.TensorProto.INT8``)."""
-    model = onnx.load(str(graph))
-    return sum(
-        numpy_helper.to_array(i).size for i in model.graph.initializer if i.data_type == dtype
-    )

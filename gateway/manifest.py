@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.layout import MAIN_GRAPH, Runtime, graph_path
+
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_SUFFIX = ".manifest.json"
 VARIANT_SEPARATOR = "__"
@@ -30,11 +32,6 @@ class _Strict(BaseModel):
 def model_name(family: str, variant: str) -> str:
     """The Triton model name of a variant, e.g. ``model_name("vision", "int8")``."""
     return f"{family}{VARIANT_SEPARATOR}{variant}"
-
-
-def graph_model_name(variant_model_name: str, graph: str) -> str:
-    """The Triton model of one graph of a multi-graph variant: ``speech__fp32__encoder``."""
-    return f"{variant_model_name}{VARIANT_SEPARATOR}{graph}"
 
 
 def split_model_name(name: str) -> tuple[str, str | None]:
@@ -107,7 +104,7 @@ class Variant(_Strict):
     status: Literal["published", "rejected"]
     rejection_reason: str | None = None
     recommended: bool = Field(description="On the size/latency/quality Pareto frontier.")
-    runtime: Literal["onnx", "tensorrt"] = "onnx"
+    runtime: Runtime = "onnx"
     precision: Literal["fp32", "fp16", "int8"]
     quantization: Literal["none", "static-qdq", "dynamic"] = "none"
     pruning_ratio: float = Field(ge=0, lt=1)
@@ -137,6 +134,10 @@ class Variant(_Strict):
     )
     gpu_memory_source: Literal["measured", "estimated"] = "estimated"
     notes: list[str] = Field(default_factory=list, description="How it was made, in words.")
+
+    def graph_path(self, repository: Path, graph: str = MAIN_GRAPH) -> Path:
+        """This variant's graph file (``graph``: one of several) in ``repository``."""
+        return graph_path(repository, self.model_name, self.runtime, graph)
 
     def latency_at(self, batch_size: int = 1, concurrency: int = 1) -> LatencyPoint | None:
         """The profiled point closest to (batch_size, concurrency), preferring exact matches."""
@@ -200,7 +201,7 @@ class FamilyManifest(_Strict):
 
     def graph_names(self) -> list[str]:
         """The graph names of every variant: ``["model"]`` unless ``graphs`` lists several."""
-        return [g.name for g in self.graphs] or ["model"]
+        return [g.name for g in self.graphs] or [MAIN_GRAPH]
 
     def published(self) -> list[Variant]:
         """Variants the gateway may serve."""

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+
+from gateway.tasks.base import Tensor
 
 ParamValue = bool | int | float | str
 """A request or response parameter, as both KServe v2 transports can carry it."""
-
-Array = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ class NamedTensor:
 
     name: str
     datatype: str
-    data: Array
+    data: Tensor
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -162,7 +160,7 @@ class InferResponse:
         }
 
 
-def bytes_array(items: list[bytes]) -> Array:
+def bytes_array(items: list[bytes]) -> Tensor:
     """A 1-D object array of bytes, the in-memory form of a ``BYTES`` tensor."""
     out = np.empty(len(items), dtype=object)
     out[:] = items

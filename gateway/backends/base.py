@@ -22,9 +22,6 @@ from typing import Any, Protocol, runtime_checkable
 from gateway.errors import BackendTimeoutError
 from gateway.tasks.base import Tensor
 
-GRAPH_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
-"""Graph file name in a version directory, per manifest ``runtime``."""
-
 GraphRunner = Callable[[Mapping[str, Tensor], float | None], Mapping[str, Tensor]]
 """Runs one graph once from a worker thread: ``(inputs, timeout_s) -> outputs``."""
 

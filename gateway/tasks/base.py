@@ -19,7 +19,7 @@ never knows which runtime served it.
 """
 
 MAIN_GRAPH = "model"
-"""The name of a variant's graph when it has only one."""
+"""The name of a variant's graph when it has only one (``gateway.layout`` re-exports it)."""
 
 
 class RunGraphs(Protocol):

@@ -35,6 +35,7 @@ import sentencepiece as spm
 import whisper_fixture
 from onnx import TensorProto, helper, numpy_helper
 
+from gateway.layout import graph_model_name
 from gateway.manifest import (
     Artifact,
     FamilyManifest,
@@ -43,7 +44,6 @@ from gateway.manifest import (
     MetricInfo,
     TensorSpec,
     Variant,
-    graph_model_name,
     model_name,
     write_manifest,
 )

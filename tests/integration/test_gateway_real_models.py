@@ -20,7 +20,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from wire import PROTOCOLS, Wire, objects, wav
 
-from builders.build import artifact_path
 from builders.zoo.digits import data as digits_data
 from builders.zoo.registry import get_family
 from builders.zoo.speech import data as speech_data
@@ -56,7 +55,7 @@ def in_process(repository: Path, family_name: str, items: list[Any]) -> list[Any
     manifest = load_manifest(repository / f"{family_name}.manifest.json")
     fp32 = manifest.variant("fp32")
     task = family.make_task(family.assets_dir)
-    graphs = {g: artifact_path(repository, fp32, g) for g in manifest.graph_names()}
+    graphs = {g: fp32.graph_path(repository, g) for g in manifest.graph_names()}
     return list(task.run(items, GraphSessions(graphs)))
 
 
