@@ -500,7 +500,7 @@ class DataPlane:
         ) -> Mapping[str, Tensor]:
             t0 = clock()
             try:
-                return runner(inputs, deadline_s - t0)
+                return runner(inputs, deadline_s - t0, graph)
             finally:
                 backend_seconds.observe(clock() - t0)
 

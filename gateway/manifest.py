@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.layout import MAIN_GRAPH, Runtime, graph_path
+from gateway.layout import Runtime, graph_path
+from gateway.tasks.base import MAIN_GRAPH
 
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_SUFFIX = ".manifest.json"

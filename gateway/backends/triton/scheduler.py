@@ -27,7 +27,7 @@ from gateway.backends.triton.placement import PlacementController
 from gateway.backends.triton.replica import Replica
 from gateway.backends.triton.telemetry import FALLBACK, TritonTelemetry
 from gateway.errors import BackendTimeoutError, VariantUnavailableError
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import MAIN_GRAPH, Tensor
 
 
 class Scheduler:
@@ -108,7 +108,12 @@ class Scheduler:
         return self.fleet.least_busy(name, skip=frozenset(tried))
 
     async def run(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None, prefer: str
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float | None,
+        prefer: str,
+        graph: str = MAIN_GRAPH,
     ) -> dict[str, Tensor]:
         """Run on ``prefer`` while it serves ``ref``, else the least busy replica, failing over.
 
@@ -117,6 +122,7 @@ class Scheduler:
             VariantUnavailableError: No server holds ``ref`` and none can load it.
         """
         name = ref.model_name
+        model = ref.graph_file(graph).model_name
         clock = self.fleet.clock
         deadline = clock() + (self.default_timeout_s if timeout_s is None else timeout_s)
         tried: set[str] = set()
@@ -128,7 +134,7 @@ class Scheduler:
             replica = self._pick(name, tried, prefer)
             if replica is None:
                 if self.fallback_ready(ref):
-                    return await self._run_fallback(ref, inputs, remaining)
+                    return await self._run_fallback(ref, inputs, remaining, graph)
                 # Nothing holds it now (a server died, or it was evicted between two graph
                 # calls of this request): load it again if any server is up, within the
                 # deadline.
@@ -144,7 +150,7 @@ class Scheduler:
                 continue
             tried.add(replica.url)
             try:
-                outputs = await replica.infer(name, inputs, remaining, clock())
+                outputs = await replica.infer(name, inputs, remaining, clock(), model)
             except ServerDownError:
                 last = VariantUnavailableError(f"Triton {replica.url} went down during {name}")
                 self.telemetry.run(replica.url, name, "failover")
@@ -175,11 +181,11 @@ class Scheduler:
         return to_gateway_error(exc, name)
 
     async def _run_fallback(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float
+        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float, graph: str
     ) -> dict[str, Tensor]:
         assert self.fallback is not None
         try:
-            outputs = await self.fallback.run(ref, inputs, timeout_s)
+            outputs = await self.fallback.run(ref, inputs, timeout_s, graph)
         except Exception:
             self.telemetry.run(FALLBACK, ref.model_name, "error")
             raise
