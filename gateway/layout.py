@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args
 
-from gateway.tasks.base import MAIN_GRAPH
+from gateway.tasks.base import MAIN_GRAPH as MAIN_GRAPH
 
 VERSION = "1"
 """The one model version directory of every variant (and the version the gateway serves)."""
