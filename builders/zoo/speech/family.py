@@ -46,6 +46,11 @@ class SpeechFamily:
     graphs = (ENCODER, DECODER)
     recover_budget_s = 120.0
     int8_method = "dynamic"
+    demo_variants = ("fp32", "int8")
+    """What ``builders build-demo`` builds of speech: each Whisper variant takes about two
+    minutes to evaluate and profile on 2 cores, and the pruned ones as long again to make, so
+    the demo keeps the baseline and the int8 variant routing prefers; ``builders build
+    --family speech`` builds every kind."""
     max_quality_drop = 2.5
     """Two more word errors than fp32 on the 91 words of the real recordings (2.2 points)."""
     profile_settings = ProfileSettings(
