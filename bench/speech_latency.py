@@ -44,7 +44,7 @@ from gateway_overhead import interleaved  # noqa: E402
 
 from builders.zoo.speech import data  # noqa: E402
 from builders.zoo.speech.evaluation import error_rates  # noqa: E402
-from builders.zoo.speech.sources import packaged_model_dir  # noqa: E402
+from builders.zoo.speech.reference import reference_model, reference_transcript  # noqa: E402
 from gateway.manifest import load_manifest, manifest_path  # noqa: E402
 from gateway.tasks.onnx_runner import GraphSessions  # noqa: E402
 from gateway.tasks.speech import WhisperTask  # noqa: E402
@@ -65,27 +65,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from faster_whisper import WhisperModel
-
     manifest = load_manifest(manifest_path(args.repository, "speech"))
     variants = [v.name for v in manifest.published() if v.name in ("fp32", "int8")]
     utterance = next(u for u in data.real_recordings() if u.name == RECORDING)
     payload = wav_bytes(utterance.waveform)
     long = data.long_recording()
 
-    reference = WhisperModel(
-        str(packaged_model_dir()), device="cpu", compute_type="float32", cpu_threads=args.threads
-    )
+    reference = reference_model(args.threads)
 
     def faster_whisper_call() -> str:
-        segments, _ = reference.transcribe(
-            utterance.waveform,
-            beam_size=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-        )
-        return "".join(s.text for s in segments).strip()
+        return reference_transcript(reference, utterance.waveform)
 
     fp32 = manifest.variant("fp32")
     graphs = {g: fp32.graph_path(args.repository, g) for g in manifest.graph_names()}

@@ -32,7 +32,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import sentencepiece as spm
-import whisper_fixture
 from onnx import TensorProto, helper, numpy_helper
 
 from gateway.layout import graph_model_name
@@ -339,6 +338,9 @@ def build_repository(root: Path) -> Path:
         IMAGE_IN,
         IMAGE_OUT,
     )
+
+    import whisper_fixture  # builds its graphs with this module's helpers
+
     speech = whisper_fixture.graphs()
     _write_family(
         repo,

@@ -13,31 +13,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+from repo_fixture import _const, _model
 
 from builders.zoo.speech.assets import ASSETS_DIR
 from gateway.manifest import GraphSpec, TensorSpec
 
-OPSET = 17
 VOCAB = 51864
 EOT = 50256
 NO_SPEECH = 50361
 TOKEN_A = 257
 """Id of " a" (a space and the letter) in Whisper's vocabulary."""
 CACHE = [1, 1, -1, 1]  # layers, heads, positions, head_dim
-
-
-def _model(nodes: list, inputs: list, outputs: list, inits: list) -> bytes:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(array, name)
 
 
 def encoder_graph() -> bytes:

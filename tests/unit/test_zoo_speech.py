@@ -11,6 +11,7 @@ from builders.zoo.speech import data
 from builders.zoo.speech.assets import ASSETS_DIR
 from builders.zoo.speech.evaluation import error_rates
 from builders.zoo.speech.export import export_graphs, torch_runner
+from builders.zoo.speech.reference import reference_model, reference_transcript
 from builders.zoo.speech.sources import load_ct2, packaged_model_dir
 from gateway.tasks.onnx_runner import GraphSessions
 from gateway.tasks.speech import WhisperTask
@@ -53,21 +54,12 @@ def test_onnx_transcripts_equal_torch_transcripts(model, onnx_runner, task):
 
 
 def test_onnx_transcripts_equal_faster_whisper_greedy(onnx_runner, task):
-    faster_whisper = pytest.importorskip("faster_whisper")
-    reference = faster_whisper.WhisperModel(
-        str(packaged_model_dir()), device="cpu", compute_type="float32", cpu_threads=2
-    )
+    pytest.importorskip("faster_whisper")
+    reference = reference_model(threads=2)
     recordings = data.real_recordings()
     ours = task.run([u.waveform for u in recordings], onnx_runner)
     for utterance, text in zip(recordings, ours, strict=True):
-        segments, _ = reference.transcribe(
-            utterance.waveform,
-            beam_size=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-        )
-        assert text == "".join(s.text for s in segments).strip(), utterance.name
+        assert text == reference_transcript(reference, utterance.waveform), utterance.name
     assert error_rates([u.text for u in recordings], ours)["wer"] <= 10.0
 
 
