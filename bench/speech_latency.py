@@ -139,7 +139,7 @@ def main() -> None:
     lines = [
         "# Speech latency: Whisper tiny.en, 7.1 s real recording, one request at a time",
         "",
-        f"`{result['command']}` on {result['machine']}; {args.threads} threads per path.",
+        f"`{result['command']}` on {result['machine']}; {args.threads} thread(s) per path.",
         "",
         "| path | p50 ms | p99 ms | requests |",
         "|---|---|---|---|",
