@@ -309,7 +309,7 @@ def _measure(
         spec.max_batch_size,
     )
     if is_multi_graph(family):
-        examples = family.example_feeds()  # type: ignore[attr-defined]
+        examples = family.example_feeds(candidate.graphs)  # type: ignore[attr-defined]
         resident = sum(
             measure_resident_memory(path, examples[name], workdir)
             for name, path in candidate.graphs.items()

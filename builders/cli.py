@@ -45,11 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--source",
-        choices=["zoo", "torch", "torchscript", "onnx"],
+        choices=["zoo", "torch", "torchscript", "onnx", "directory"],
         default="zoo",
         help="where the fp32 model comes from (default: the zoo checkpoint)",
     )
-    build.add_argument("--model-path", type=Path, help="weights / TorchScript / ONNX file")
+    build.add_argument(
+        "--model-path",
+        type=Path,
+        help="weights / TorchScript / ONNX file, or a model directory (speech: a Hugging Face "
+        "or CTranslate2 Whisper folder)",
+    )
     build.add_argument("--factory", help="package.module:callable building the torch module")
 
     demo = sub.add_parser("build-demo", help="build every demo family")

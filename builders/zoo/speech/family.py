@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import torch
 from torch import nn
 
@@ -21,10 +22,10 @@ from builders.zoo.api import MetricSpec
 from builders.zoo.speech import data, pruning
 from builders.zoo.speech.assets import ASSETS_DIR
 from builders.zoo.speech.evaluation import score_set
-from builders.zoo.speech.export import DECODER_INPUTS, ENCODER_INPUTS, export_graphs, torch_runner
-from builders.zoo.speech.model import Whisper
+from builders.zoo.speech.export import DECODER_INPUTS, export_graphs, torch_runner
+from builders.zoo.speech.model import Whisper, WhisperDims
 from builders.zoo.speech.quantize import quantize_graph
-from builders.zoo.speech.sources import load_ct2, load_hf, packaged_model_dir
+from builders.zoo.speech.sources import WhisperSourceError, load_ct2, load_hf, packaged_model_dir
 from gateway.manifest import GraphSpec, TensorSpec
 from gateway.tasks.base import RunGraphs, Task
 from gateway.tasks.log_mel import WINDOW_FRAMES
@@ -84,6 +85,24 @@ class SpeechFamily:
         if self.hf_dir is not None:
             return load_hf(self.hf_dir)
         return load_ct2(self.model_dir or packaged_model_dir())
+
+    def load_directory(self, directory: Path) -> Whisper:
+        """Whisper from a local Hugging Face directory or a CTranslate2 one.
+
+        Raises:
+            WhisperSourceError: Neither, or its vocabulary is not this family's (English
+                Whisper's 51,864 tokens, which the task assets decode).
+        """
+        if (directory / "model.bin").is_file():
+            model = load_ct2(directory)
+        else:
+            model = load_hf(directory)
+        if model.dims.n_vocab != WhisperDims().n_vocab or model.dims.n_mels != 80:
+            raise WhisperSourceError(
+                f"{directory}: {model.dims.n_vocab} tokens and {model.dims.n_mels} mel bins; "
+                "this family serves English-only Whisper models (51,864 tokens, 80 mel bins)"
+            )
+        return model
 
     def train(self, out_dir: Path) -> dict[str, float]:
         """Whisper is pretrained; there is no recipe to rerun."""
@@ -171,17 +190,27 @@ class SpeechFamily:
         for utterance in data.synthetic_set("espeak-ng", "train")[:count]:
             yield {"mel": task.windows(utterance.waveform)[0][None]}
 
-    def example_feeds(self) -> dict[str, dict[str, npt.NDArray[Any]]]:
-        """One batch-1 input of each graph, for measuring memory."""
-        d = _as_whisper(self.load()).dims
-        head = d.n_text_state // d.n_text_head
-        cross = np.zeros((1, d.n_text_layer, d.n_text_head, d.n_audio_ctx, head), np.float32)
-        cache = np.zeros((1, d.n_text_layer, d.n_text_head, 2, head), np.float32)
-        tokens = np.array([[50257]], np.int64)
-        return {
-            ENCODER: {ENCODER_INPUTS[0]: np.zeros((1, d.n_mels, WINDOW_FRAMES), np.float32)},
-            DECODER: dict(zip(DECODER_INPUTS, (tokens, cache, cache, cross, cross), strict=True)),
-        }
+    def example_feeds(self, graphs: Mapping[str, Path]) -> dict[str, dict[str, npt.NDArray[Any]]]:
+        """One batch-1 input of each graph (two cached positions, one new token), for memory.
+
+        Shapes come from the graphs themselves, so a source of other sizes works too.
+        """
+        dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64}
+        sizes = {"batch": 1, "past": 2, "new": 1}
+        feeds: dict[str, dict[str, npt.NDArray[Any]]] = {}
+        for name, path in graphs.items():
+            graph = onnx.load(str(path), load_external_data=False).graph
+            feeds[name] = {
+                i.name: np.zeros(
+                    [
+                        d.dim_value or sizes.get(d.dim_param, 1)
+                        for d in i.type.tensor_type.shape.dim
+                    ],
+                    dtypes[i.type.tensor_type.elem_type],
+                )
+                for i in graph.input
+            }
+        return feeds
 
     def prune(self, module: nn.Module, ratio: float) -> nn.Module:
         """Remove ``ratio`` of every MLP's hidden units, refit on distillation speech."""
