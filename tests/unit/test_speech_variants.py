@@ -76,18 +76,16 @@ def test_int8_logits_follow_fp32(tiny_graphs, tmp_path):
     assert correlation > 0.98
 
 
-def test_pruning_shrinks_every_mlp_and_refits_it(tiny):
+def test_pruning_shrinks_every_mlp_keeping_the_important_units(tiny):
     windows = [torch.from_numpy(_feeds(i)["mel"][:1]) for i in range(2)]
     pruned = pruning.prune(copy.deepcopy(tiny), 0.5, windows)
     assert (pruned.dims.audio_mlp, pruned.dims.text_mlp) == (16, 12)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in tiny.parameters())
-    # The refit reproduces the teacher's MLP output better than dropping the units alone.
-    block, teacher = pruned.encoder.blocks[0], tiny.encoder.blocks[0]
-    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        want = teacher.mlp(x)
-        refit = block.mlp(x)
-    assert torch.mean((refit - want) ** 2) < torch.mean(want**2)
+    # Every kept unit is one of the teacher's, weights unchanged.
+    old, new = tiny.decoder.blocks[0].mlp, pruned.decoder.blocks[0].mlp
+    rows = {tuple(r.tolist()) for r in old[0].weight.detach()}
+    assert all(tuple(r.tolist()) in rows for r in new[0].weight.detach())
+    assert torch.equal(new[2].bias, old[2].bias)
 
 
 def test_distillation_moves_the_student_towards_the_teacher(tiny):

@@ -3,14 +3,16 @@
 Pruning removes ``ratio`` of the hidden units of every encoder and decoder MLP (rows of the
 first projection, columns of the second), so both graphs get smaller and faster. A unit's
 importance is its mean absolute activation on distillation speech times the norm of its
-outgoing weights. Recovery is distillation from the fp32 teacher on espeak-ng speech that no
-evaluation set contains, in two stages:
+outgoing weights; the least important go and the others keep their weights. Recovery is
+distillation from the fp32 teacher on espeak-ng speech that no evaluation set contains: a
+few seeded steps of KL divergence between the teacher's and the student's next-token
+distributions along the teacher's own greedy transcripts, plus the mean squared error of the
+encoder outputs.
 
-1. layer-wise: each pruned MLP's output projection is refit by least squares so that, from
-   the units it kept, it reproduces the teacher MLP's output on the same speech;
-2. end to end: a few seeded steps of KL divergence between the teacher's and the student's
-   next-token distributions along the teacher's own greedy transcripts, plus the mean
-   squared error of the encoder outputs.
+A layer-wise least-squares refit of the kept units' outgoing weights (to reproduce each
+teacher MLP's output on the same speech) was tried first and dropped: fitted to synthetic
+voices it broke real speech (pruned-25: 276 % WER on the real recordings, with repetition
+loops, against 12 % for plain removal; flite 25 % against 15 %).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ PROMPT = (50257, 50362)
 EOT = 50256
 MAX_TOKENS = 120
 ROW_STRIDE = 4
-"""Every 4th encoder frame feeds the least-squares refit (they are highly correlated)."""
-RIDGE = 1e-3
+"""Every 4th encoder frame is enough to rank units (neighbouring frames are alike)."""
 LEARNING_RATE = 2e-5
 SEED = 13
 
@@ -81,7 +82,7 @@ def _mlp_io(model: Whisper, windows: list[Tensor], transcripts: list[Tensor]) ->
 
 
 def prune(model: Whisper, ratio: float, windows: list[Tensor]) -> Whisper:
-    """A copy of ``model`` with ``ratio`` of every MLP's units removed and refit (stage 1)."""
+    """A copy of ``model`` with ``ratio`` of every MLP's least important units removed."""
     if not 0 < ratio < 1:
         raise ValueError(f"ratio must lie in (0, 1), got {ratio}")
     transcripts = [greedy_tokens(model, w) for w in windows]
@@ -106,24 +107,13 @@ def prune(model: Whisper, ratio: float, windows: list[Tensor]) -> Whisper:
         with torch.no_grad():
             new_up.weight.copy_(up.weight[units])
             new_up.bias.copy_(up.bias[units])
-            weight, bias = _refit(h, units, down)
-            new_down.weight.copy_(weight)
-            new_down.bias.copy_(bias)
+            new_down.weight.copy_(down.weight[:, units])
+            new_down.bias.copy_(down.bias)
     return pruned.eval()
 
 
-def _refit(h: Tensor, units: Tensor, down: nn.Linear) -> tuple[Tensor, Tensor]:
-    """Least squares: the kept units' outgoing weights that best reproduce the full output."""
-    target = h @ down.weight.T  # bias added back after the fit
-    x = torch.cat([h[:, units], torch.ones(h.shape[0], 1)], dim=1).double()
-    gram = x.T @ x
-    gram += RIDGE * torch.eye(gram.shape[0], dtype=gram.dtype) * gram.diagonal().mean()
-    solution = torch.linalg.solve(gram, x.T @ target.double()).float()
-    return solution[:-1].T.contiguous(), down.bias + solution[-1]
-
-
 def distil(student: Whisper, teacher: Whisper, windows: list[Tensor], steps: int) -> Whisper:
-    """Stage 2: ``steps`` seeded steps of logit and encoder-output distillation."""
+    """``steps`` seeded steps of logit and encoder-output distillation from ``teacher``."""
     if steps <= 0 or not windows:
         return student.eval()
     generator = torch.Generator().manual_seed(SEED)
