@@ -144,3 +144,15 @@ def test_windows_cover_long_audio_and_cut_in_quiet_places():
     assert all(stop - start <= 3000 for start, stop in bounds)
     assert 2700 <= bounds[0][1] <= 2720
     assert window_bounds(300) == [(0, 299)]
+
+
+def test_wire_contract_sizes_items_in_audio_seconds_without_decoding(speech):
+    from gateway.errors import InvalidRequestError
+    from gateway.taskio import AudioIO
+
+    io_ = AudioIO(ASSETS_DIR)
+    flac = encode(resampled(speech[:48000], 44100), 44100, "FLAC")
+    assert io_.item_size(flac) == pytest.approx(3.0, abs=0.01)
+    assert io_.item_size(speech[:8000]) == 0.5
+    with pytest.raises(InvalidRequestError, match="cannot decode audio"):
+        io_.item_size(b"not audio at all")
