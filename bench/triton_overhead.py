@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from gateway_overhead import command_line, interleaved, sample_request, start_gateway, throughput
+from common import command_line, interleaved, sample_request, start_gateway, throughput
 from tritonclient.utils import np_to_triton_dtype
 
 from builders.triton.flavour import write_python_flavour
@@ -254,7 +254,12 @@ def report(args: argparse.Namespace, task: str, results: dict[str, Any]) -> None
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"triton_overhead_{args.model}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    command = command_line(args, "triton_overhead.py")
+    words = [f"--model {args.model}"]
+    if args.repository is not None:
+        words.append(f"--repository {args.repository}")
+    words.append(f"--requests {args.requests} --duration-s {args.duration_s:g}")
+    words.append("--clients " + " ".join(str(c) for c in args.clients))
+    command = command_line("triton_overhead.py", words)
     markdown = "\n".join(
         [
             "# Gateway overhead in front of Triton",

@@ -4,13 +4,16 @@ The profile gives p50 and p95 at several batch sizes (concurrency 1). Service ti
 modelled as ``fixed + per_row * rows`` fitted by least squares on the p50s, and the idle
 tail as the profile's p95/p50 ratio. Requests differ in size (audio seconds, tokens): when a
 family's profile also measured latency against item size, the per-row term scales with the
-request's size relative to the items profiled.
+request's size relative to the items profiled. Runs that execute side by side share the
+cores: the profile's concurrency points (batch 1 at concurrency 2, 4, ...) give how much
+slower each one runs, and a prediction says at what concurrency the run will execute.
 
-Online, each finished run reports its measured seconds; the ratio measured / predicted
-enters an exponentially weighted mean, and ``observed_weight`` blends it into every
-prediction. Execution time, not queueing, is what is observed (queueing is predicted from
-the pool's queue), so a burst that is shed leaves no stale latency behind: the correction
-says how fast the variant runs now, with the machine as busy as it is.
+Online, each finished run reports its measured seconds and the concurrency it ran at; the
+ratio measured / predicted (at that concurrency) enters an exponentially weighted mean and a
+running 95th percentile, and ``observed_weight`` blends them into every prediction.
+Execution time, not queueing, is what is observed (queueing is predicted from the pool's
+queue), so a burst that is shed leaves no stale latency behind: the correction says how
+fast the variant runs now on this machine.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class ServiceFit:
         tail: p95 over p50 at batch 1, idle: how much slower a slow run is.
         size_fixed: Share of ``per_row_s`` that does not grow with an item's size.
         profiled_size: Mean item size of the profile's items (None: sizes not profiled).
+        contention: ``(concurrency, slowdown)`` pairs, ascending: how much slower a run is
+            with that many runs executing at once (1.0 at concurrency 1).
     """
 
     fixed_s: float
@@ -43,14 +48,34 @@ class ServiceFit:
     tail: float = 1.0
     size_fixed: float = 1.0
     profiled_size: float | None = None
+    contention: tuple[tuple[int, float], ...] = ()
 
-    def p50_s(self, rows: int, size: float | None = None) -> float:
+    def p50_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
         """Median seconds of one run of ``rows`` items whose sizes sum to ``size``."""
-        return self.fixed_s + self.per_row_s * self._row_units(rows, size)
+        base = self.fixed_s + self.per_row_s * self._row_units(rows, size)
+        return base * self.slowdown(concurrency)
 
-    def p95_s(self, rows: int, size: float | None = None) -> float:
+    def p95_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
         """Tail (p95) seconds of the same run."""
-        return self.p50_s(rows, size) * self.tail
+        return self.p50_s(rows, size, concurrency) * self.tail
+
+    def slowdown(self, concurrency: int) -> float:
+        """How much slower one run is with ``concurrency`` runs executing at once.
+
+        Linear between profiled concurrencies; beyond the highest, in proportion to
+        concurrency (the cores are saturated there); 1.0 without a profiled curve.
+        """
+        curve = self.contention
+        if concurrency <= 1 or not curve:
+            return 1.0
+        previous = (1, 1.0)
+        for point in curve:
+            if concurrency <= point[0]:
+                (c0, f0), (c1, f1) = previous, point
+                return f0 + (f1 - f0) * (concurrency - c0) / (c1 - c0)
+            previous = point
+        c_max, f_max = curve[-1]
+        return f_max * concurrency / c_max
 
     def _row_units(self, rows: int, size: float | None) -> float:
         if size is None or self.profiled_size is None or self.profiled_size <= 0:
@@ -87,6 +112,14 @@ def fit_profile(
     single = sorted((p for p in points if p.concurrency == 1), key=lambda p: p.batch_size)
     if not single:
         return None
+    alone = next((p.p50_s for p in single if p.batch_size == 1), 0.0)
+    contention = tuple(
+        sorted(
+            (p.concurrency, max(1.0, p.p50_s / alone))
+            for p in points
+            if p.batch_size == 1 and p.concurrency > 1 and alone > 0
+        )
+    )
     fixed_s, per_row_s = _line([p.batch_size for p in single], [p.p50_s for p in single])
     first = single[0]
     tail = first.p95_s / first.p50_s if first.p50_s > 0 else 1.0
@@ -102,31 +135,58 @@ def fit_profile(
         tail=max(1.0, tail),
         size_fixed=size_fixed,
         profiled_size=mean_size if len(sizes) >= 2 else None,
+        contention=_monotone(contention),
     )
 
 
-class Learning:
-    """What a variant's runs have measured: a ratio to its profile and a sample count.
+def _monotone(curve: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+    """The curve made non-decreasing: more runs at once never make one run faster."""
+    out: list[tuple[int, float]] = []
+    for concurrency, factor in curve:
+        out.append((concurrency, max(factor, out[-1][1] if out else 1.0)))
+    return tuple(out)
 
-    Kept here for one process; :class:`SharedLearning` keeps it in the workers' table.
+
+@dataclass(frozen=True)
+class Measured:
+    """What a variant's runs measured, as ratios to the profile's median for each run.
+
+    Attributes:
+        ratio: Running mean of measured / profiled seconds.
+        tail: Running estimate of the ratio's 95th percentile.
+        samples: Runs measured.
+    """
+
+    ratio: float = 1.0
+    tail: float = 1.0
+    samples: int = 0
+
+
+TAIL_QUANTILE = 0.95
+"""The quantile ``Measured.tail`` tracks."""
+
+
+class Learning:
+    """Where a variant's :class:`Measured` is kept: here, for one process.
+
+    :class:`gateway.routing.shared.SharedLearning` keeps it in the workers' table instead.
     """
 
     def __init__(self) -> None:
         """Nothing measured yet."""
-        self._ratio = 1.0
-        self._samples = 0
+        self._measured = Measured()
 
-    def read(self) -> tuple[float, int]:
-        """(ratio, samples) over everything that measures this variant."""
-        return self._ratio, self._samples
+    def read(self) -> Measured:
+        """What every process measuring this variant has measured."""
+        return self._measured
 
-    def own(self) -> tuple[float, int]:
-        """(ratio, samples) of this process's runs."""
-        return self._ratio, self._samples
+    def own(self) -> Measured:
+        """What this process has measured."""
+        return self._measured
 
-    def write(self, ratio: float, samples: int) -> None:
-        """Store this process's new ratio and count."""
-        self._ratio, self._samples = ratio, samples
+    def write(self, measured: Measured) -> None:
+        """Store this process's new measurements."""
+        self._measured = measured
 
 
 class ServiceModel:
@@ -151,7 +211,7 @@ class ServiceModel:
             fit: The profile's model.
             observed_weight: Weight of the measured correction at full sample count (0-1).
             min_samples: Observations at which the correction reaches its full weight.
-            smoothing: Weight of each new observation in the running mean ratio.
+            smoothing: Weight of each new observation in the running means.
             learning: Where measurements are kept (shared between workers, or not).
         """
         self.fit = fit
@@ -161,55 +221,99 @@ class ServiceModel:
         self.learning = learning or Learning()
         self._lock = threading.Lock()
 
-    def _base_p50_s(self, rows: int, size: float | None) -> float:
+    def _base_p50_s(self, rows: int, size: float | None, concurrency: int = 1) -> float:
         """The profile's median, or one second per item without a profile."""
         if self.fit is not None:
-            return self.fit.p50_s(rows, size)
+            return self.fit.p50_s(rows, size, concurrency)
         return float(rows)
 
-    def correction(self) -> float:
-        """The factor applied to the profile now (1.0 before any observation)."""
-        ratio, samples = self.learning.read()
+    def _weight(self, measured: Measured) -> float:
         if self.fit is None:
-            return ratio if samples else 0.0
-        weight = self.observed_weight * min(1.0, samples / self.min_samples)
-        return (1.0 - weight) + weight * ratio
+            return 1.0 if measured.samples else 0.0
+        return self.observed_weight * min(1.0, measured.samples / self.min_samples)
 
-    def p50_s(self, rows: int, size: float | None = None) -> float:
-        """Predicted median seconds of a run of ``rows`` items of total ``size``."""
-        return self._base_p50_s(rows, size) * self.correction()
+    def correction(self) -> float:
+        """The factor applied to the profile's median now (1.0 before any observation)."""
+        measured = self.learning.read()
+        if self.fit is None:
+            return measured.ratio if measured.samples else 0.0
+        weight = self._weight(measured)
+        return (1.0 - weight) + weight * measured.ratio
 
-    def p95_s(self, rows: int, size: float | None = None) -> float:
-        """Predicted tail seconds of the same run."""
-        tail = self.fit.tail if self.fit is not None else 1.5
-        return self.p50_s(rows, size) * tail
+    def p50_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
+        """Predicted median seconds of a run of ``rows`` items of total ``size``.
+
+        The run executes beside ``concurrency - 1`` others.
+        """
+        return self._base_p50_s(rows, size, concurrency) * self.correction()
+
+    def p95_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
+        """Predicted tail seconds of the same run: the profile's tail and the measured one."""
+        measured = self.learning.read()
+        profiled_tail = self.fit.tail if self.fit is not None else 1.5
+        weight = self._weight(measured)
+        tail = (1.0 - weight) * profiled_tail + weight * measured.tail
+        return self._base_p50_s(rows, size, concurrency) * tail
+
+    def idle_p50_s(self, rows: int, size: float | None = None) -> float:
+        """The median when nothing competes: the profile's, or what runs measured if less.
+
+        Whether a variant can ever meet a budget: a profile taken on a busier (or slower)
+        machine must not refuse what this one does in time, and load must not turn a
+        momentary slowdown into a refusal. With ``observed_weight`` 0, the profile alone.
+        """
+        base = self._base_p50_s(rows, size)
+        measured = self.learning.read()
+        if self.fit is None:
+            return 0.0
+        if measured.samples < self.min_samples or self.observed_weight <= 0:
+            return base
+        return base * min(1.0, measured.ratio)
+
+    def idle_p95_s(self, rows: int, size: float | None = None) -> float:
+        """The tail when nothing competes, likewise the lower of profile and measurement."""
+        if self.fit is None:
+            return 0.0
+        base = self._base_p50_s(rows, size)
+        measured = self.learning.read()
+        if measured.samples < self.min_samples or self.observed_weight <= 0:
+            return base * self.fit.tail
+        return base * min(self.fit.tail, measured.tail)
 
     def measured_p50_s(self, rows: int, size: float | None = None) -> float | None:
         """What runs have measured for such a run, whatever ``observed_weight`` says.
 
         None until ``min_samples`` runs were seen.
         """
-        ratio, samples = self.learning.read()
-        if samples < self.min_samples:
+        measured = self.learning.read()
+        if measured.samples < self.min_samples:
             return None
-        return self._base_p50_s(rows, size) * ratio
+        return self._base_p50_s(rows, size) * measured.ratio
 
-    def observe(self, rows: int, size: float | None, seconds: float) -> None:
-        """Record that a run of ``rows`` items took ``seconds``."""
+    def observe(self, rows: int, size: float | None, seconds: float, concurrency: int = 1) -> None:
+        """Record that a run of ``rows`` items took ``seconds`` beside others."""
         if rows <= 0 or seconds <= 0:
             return
-        predicted = self._base_p50_s(rows, size)
+        predicted = self._base_p50_s(rows, size, concurrency)
         if predicted <= 0:
             return
-        measured = seconds / predicted
+        r = seconds / predicted
         if self.fit is not None:
-            measured = min(MAX_RATIO, max(MIN_RATIO, measured))
+            r = min(MAX_RATIO, max(MIN_RATIO, r))
         with self._lock:
-            ratio, samples = self.learning.own()
-            ratio = measured if samples == 0 else ratio + self.smoothing * (measured - ratio)
-            self.learning.write(ratio, samples + 1)
+            old = self.learning.own()
+            if old.samples == 0:
+                new = Measured(r, r, 1)
+            else:
+                ratio = old.ratio + self.smoothing * (r - old.ratio)
+                # A running quantile: up by q of a step when above it, down by 1 - q below.
+                step = self.smoothing * max(old.ratio, 1e-9)
+                above = r > old.tail
+                tail = old.tail + step * (TAIL_QUANTILE if above else TAIL_QUANTILE - 1.0)
+                new = Measured(ratio, max(tail, ratio), old.samples + 1)
+            self.learning.write(new)
 
     @property
     def samples(self) -> int:
         """Observations so far (every worker's)."""
-        return self.learning.read()[1]
+        return self.learning.read().samples

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.manifest import LatencyPoint, SizePoint
 from gateway.routing.live import LiveLoad
+from gateway.routing.loop_lag import LoopLag
 from gateway.routing.service_time import ServiceModel, fit_profile
 
 
@@ -70,6 +71,23 @@ def test_observations_correct_the_profile_by_weight_and_samples():
     assert model.p50_s(1) == pytest.approx(0.020)  # half of the way to 3x
 
 
+def test_the_tail_is_learned_and_idle_figures_take_the_lower_of_profile_and_runs():
+    fit = fit_profile([point(1, 0.010)])  # profiled tail 1.5x
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=5)
+    assert model.p95_s(1) == pytest.approx(0.015)
+    for i in range(400):
+        model.observe(1, None, 0.004 if i % 10 else 0.008)  # 2.5x faster, one run in ten 2x
+    assert model.p50_s(1) == pytest.approx(0.0044, rel=0.15)
+    assert 0.005 < model.p95_s(1) < 0.0085  # the measured tail, not the profile's 15 ms
+    # Faster than profiled: can-ever-fit uses what runs show; slower would not refuse more.
+    assert model.idle_p50_s(1) == pytest.approx(model.p50_s(1))
+    slow = ServiceModel(fit, observed_weight=1.0, min_samples=1)
+    slow.observe(1, None, 0.050)
+    assert slow.idle_p50_s(1) == pytest.approx(0.010)
+    assert slow.idle_p95_s(1) == pytest.approx(0.015)
+    assert slow.p95_s(1) == pytest.approx(0.050)
+
+
 def test_outliers_are_bounded_and_zero_weight_ignores_observations():
     fit = fit_profile([point(1, 0.010)])
     model = ServiceModel(fit, observed_weight=1.0, min_samples=1)
@@ -96,3 +114,15 @@ def test_live_load_counts_per_variant_and_in_all():
     assert (live.in_flight("a"), live.in_flight("b"), live.total) == (1, 1, 2)
     live.end("x")  # never negative
     assert live.in_flight("x") == 0
+
+
+def test_loop_lag_follows_a_backlog_not_a_single_slow_step():
+    lag = LoopLag(clock=lambda: 0.0, window=5)
+    for late in (0.0, 0.0, 0.050, 0.0, 0.0):
+        lag.record(late)
+    assert lag.lag_s == 0.0  # one slow step
+    for _ in range(3):
+        lag.record(0.020)
+    assert lag.lag_s == pytest.approx(0.020)  # every wake-up late: a backlog
+    lag.record(-0.001)  # early wake-ups count as on time
+    assert lag.lag_s >= 0.0
