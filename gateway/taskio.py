@@ -250,8 +250,8 @@ class TextIO:
         return {}
 
     def item_size(self, item: Any) -> float:
-        """Words of the source text (decoding time grows with its length)."""
-        return float(len(str(item).split()))
+        """Tokens of the source text: decoding time grows with them (about 20 µs to count)."""
+        return float(len(self.task.processor.encode(" ".join(str(item).split()))))
 
     def batch_key(self, items: list[Any]) -> Hashable | None:
         """Any texts batch together (the graph masks padding)."""

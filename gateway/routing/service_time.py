@@ -3,10 +3,12 @@
 The profile gives p50 and p95 at several batch sizes (concurrency 1). Service time is
 modelled as ``fixed + per_row * rows`` fitted by least squares on the p50s, and the idle
 tail as the profile's p95/p50 ratio. Requests differ in size (audio seconds, tokens): when a
-family's profile also measured latency against item size, the per-row term scales with the
-request's size relative to the items profiled. Runs that execute side by side share the
-cores: the profile's concurrency points (batch 1 at concurrency 2, 4, ...) give how much
-slower each one runs, and a prediction says at what concurrency the run will execute.
+family's profile also measured latency against item size, each row weighs what the size
+curve (interpolated between its points) says an item of its size costs against one of the
+profiled mean size, so a long sentence is predicted long and a short one short. Runs that
+execute side by side share the cores: the profile's concurrency points (batch 1 at
+concurrency 2, 4, ...) give how much slower each one runs, and a prediction says at what
+concurrency the run will execute.
 
 Online, each finished run reports its measured seconds and the concurrency it ran at; the
 ratio measured / predicted (at that concurrency) enters an exponentially weighted mean and a
@@ -37,8 +39,9 @@ class ServiceFit:
         fixed_s: Cost of a run regardless of its rows.
         per_row_s: Cost of one more item of the profiled typical size.
         tail: p95 over p50 at batch 1, idle: how much slower a slow run is.
-        size_fixed: Share of ``per_row_s`` that does not grow with an item's size.
-        profiled_size: Mean item size of the profile's items (None: sizes not profiled).
+        size_curve: ``(size, p50_s)`` at batch 1, ascending in size: how an item's cost
+            grows with its size (empty: sizes not profiled).
+        profiled_size: Mean item size of the items behind the batch points.
         contention: ``(concurrency, slowdown)`` pairs, ascending: how much slower a run is
             with that many runs executing at once (1.0 at concurrency 1).
     """
@@ -46,7 +49,7 @@ class ServiceFit:
     fixed_s: float
     per_row_s: float
     tail: float = 1.0
-    size_fixed: float = 1.0
+    size_curve: tuple[tuple[float, float], ...] = ()
     profiled_size: float | None = None
     contention: tuple[tuple[int, float], ...] = ()
 
@@ -78,10 +81,28 @@ class ServiceFit:
         return f_max * concurrency / c_max
 
     def _row_units(self, rows: int, size: float | None) -> float:
-        if size is None or self.profiled_size is None or self.profiled_size <= 0:
+        """Rows, each weighed by its cost at its size against an item of profiled size."""
+        if size is None or not self.size_curve or not self.profiled_size or rows <= 0:
             return float(rows)
-        scaled = size / self.profiled_size
-        return rows * self.size_fixed + (1.0 - self.size_fixed) * scaled
+        typical = _interpolate(self.size_curve, self.profiled_size)
+        if typical <= 0:
+            return float(rows)
+        return rows * _interpolate(self.size_curve, size / rows) / typical
+
+
+def _interpolate(curve: Sequence[tuple[float, float]], x: float) -> float:
+    """The curve at ``x``: linear between points, extended along its end segments."""
+    if len(curve) == 1:
+        return curve[0][1] * (x / curve[0][0]) if curve[0][0] > 0 else curve[0][1]
+    if x <= curve[0][0]:
+        (x0, y0), (x1, y1) = curve[0], curve[1]
+    elif x >= curve[-1][0]:
+        (x0, y0), (x1, y1) = curve[-2], curve[-1]
+    else:
+        i = next(i for i in range(1, len(curve)) if x <= curve[i][0])
+        (x0, y0), (x1, y1) = curve[i - 1], curve[i]
+    slope = (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
+    return max(0.05 * min(y for _, y in curve), y0 + slope * (x - x0))
 
 
 def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -123,18 +144,13 @@ def fit_profile(
     fixed_s, per_row_s = _line([p.batch_size for p in single], [p.p50_s for p in single])
     first = single[0]
     tail = first.p95_s / first.p50_s if first.p50_s > 0 else 1.0
-    size_fixed = 1.0
-    if len(sizes) >= 2 and mean_size:
-        # p50(size) = a + b * size at batch 1; the share of a row's cost that is fixed.
-        a, b = _line([s.size for s in sizes], [s.p50_s for s in sizes])
-        at_mean = a + b * mean_size
-        size_fixed = min(1.0, max(0.0, a / at_mean)) if at_mean > 0 else 1.0
+    curve = tuple(sorted((s.size, s.p50_s) for s in sizes if s.size > 0))
     return ServiceFit(
         fixed_s=fixed_s,
         per_row_s=per_row_s,
         tail=max(1.0, tail),
-        size_fixed=size_fixed,
-        profiled_size=mean_size if len(sizes) >= 2 else None,
+        size_curve=curve if len(curve) >= 2 and mean_size else (),
+        profiled_size=mean_size if len(curve) >= 2 and mean_size else None,
         contention=_monotone(contention),
     )
 

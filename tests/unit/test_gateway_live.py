@@ -58,6 +58,20 @@ def test_size_scales_the_per_row_cost():
     assert fit.p50_s(1, 8.0) == pytest.approx(0.017)
     assert fit.p50_s(1, 1.0) == pytest.approx(0.003)
     assert fit.p50_s(1) == pytest.approx(0.009)  # size unknown: a profiled-size item
+    assert fit.p50_s(2, 8.0) == pytest.approx(0.018)  # two items of 4 s
+
+
+def test_a_curved_size_profile_is_followed_between_and_beyond_its_points():
+    # Decoding time grows faster than the source: 1, 4, 16 ms at 5, 10, 20 tokens.
+    sizes = [
+        SizePoint(size=t, runs=5, p50_s=ms / 1000, p95_s=ms / 500)
+        for t, ms in ((5, 1.0), (10, 4.0), (20, 16.0))
+    ]
+    fit = fit_profile([point(1, 0.004)], sizes, mean_size=10.0)
+    assert fit is not None
+    assert fit.p50_s(1, 15.0) == pytest.approx(0.010)  # halfway between 4 and 16 ms
+    assert fit.p50_s(1, 30.0) == pytest.approx(0.028)  # the last segment, extended
+    assert fit.p50_s(1, 2.0) > 0  # never zero or negative below the first point
 
 
 def test_observations_correct_the_profile_by_weight_and_samples():
