@@ -42,7 +42,7 @@ from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
 from gateway.routing.live import Clock, LiveLoad, ServiceModels
 from gateway.routing.loop_lag import LoopLag
 from gateway.routing.selector import Estimate, select
-from gateway.routing.service_time import ServiceModel
+from gateway.routing.service_time import Prediction, ServiceModel
 from gateway.routing.shared import SharedTable
 from gateway.taskio import TASK_IO, TensorInfo
 from gateway.tasks.base import MAIN_GRAPH, Tensor
@@ -116,6 +116,7 @@ class _Admission:
     selection: Selection
     cost_s: float
     tail_s: float
+    measured_s: float | None
     size: float | None
     concurrency: int
 
@@ -388,21 +389,22 @@ class DataPlane:
         rows: int,
         size: float | None,
         pool: PoolStats,
-    ) -> tuple[Estimate, ServiceModel]:
+    ) -> tuple[Estimate, ServiceModel, Prediction]:
         """Predict this request's run on one variant, with the pool as it is now."""
         model = self.models.get(family.manifest, served.variant)
+        prediction = model.predict(rows, size, pool.concurrency_next)
         wait_s = pool.wait_s
         backend_queue = self.backend.queue_depth(served.ref)
         if backend_queue:
-            wait_s += backend_queue * model.p50_s(1) / pool.threads
+            wait_s += backend_queue * prediction.p50_s / rows / pool.threads
         estimate = Estimate(
-            idle_p50_s=model.idle_p50_s(rows, size),
-            idle_p95_s=model.idle_p95_s(rows, size),
-            service_p95_s=model.p95_s(rows, size, pool.concurrency_next),
+            idle_p50_s=prediction.idle_p50_s,
+            idle_p95_s=prediction.idle_p95_s,
+            service_p95_s=prediction.p95_s,
             wait_s=wait_s,
             in_flight=self.live.in_flight(served.variant.model_name),
         )
-        return estimate, model
+        return estimate, model, prediction
 
     async def _admit(
         self,
@@ -418,10 +420,11 @@ class DataPlane:
         """Choose the variant, lease it and say why; shed or refuse if none fits."""
         pool = self.pool.stats(due_s)
         estimates: dict[str, Estimate] = {}
-        models: dict[str, ServiceModel] = {}
+        models: dict[str, tuple[ServiceModel, Prediction]] = {}
         for served in candidates:
             key = served.variant.model_name
-            estimates[key], models[key] = self._estimate(family, served, rows, size, pool)
+            estimate, model, prediction = self._estimate(family, served, rows, size, pool)
+            estimates[key], models[key] = estimate, (model, prediction)
         try:
             choice = select(
                 family.manifest.family,
@@ -448,7 +451,7 @@ class DataPlane:
             detail = (
                 f"{ranked[0].variant.name} is being loaded; {served.variant.name} serves meanwhile"
             )
-        model = models[served.variant.model_name]
+        model, prediction = models[served.variant.model_name]
         selection = Selection(
             variant=served.variant.name,
             model_name=served.variant.model_name,
@@ -456,16 +459,16 @@ class DataPlane:
             detail=detail,
             predicted_latency_s=top.predicted_latency_s,
         )
-        k = pool.concurrency_next
         return _Admission(
             served,
             lease,
             model,
             selection,
-            model.p50_s(rows, size, k),
-            model.p95_s(rows, size, k),
+            prediction.p50_s,
+            prediction.p95_s,
+            prediction.measured_p50_s,
             size,
-            k,
+            pool.concurrency_next,
         )
 
     @staticmethod
@@ -571,7 +574,7 @@ class DataPlane:
         """
         if self._inline_limit_s <= 0 or not self.backend.runs_in_caller:
             return False
-        measured_s = admission.model.measured_p50_s(rows, admission.size)
+        measured_s = admission.measured_s
         return (
             measured_s is not None
             and measured_s <= self._inline_limit_s

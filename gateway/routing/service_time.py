@@ -182,6 +182,28 @@ TAIL_QUANTILE = 0.95
 """The quantile ``Measured.tail`` tracks."""
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What routing needs to know about one run on one variant.
+
+    Attributes:
+        p50_s: Its median seconds now (at the concurrency it will run at).
+        p95_s: Its tail seconds now.
+        idle_p50_s: Its median alone on an idle machine, the lower of profile and runs
+            (whether the variant can ever meet a budget; the profile alone when
+            ``observed_weight`` is 0).
+        idle_p95_s: Its tail alone, likewise (whether a miss is the budget's doing).
+        measured_p50_s: What measured runs say its median alone is, whatever
+            ``observed_weight`` says; None until ``min_samples`` runs.
+    """
+
+    p50_s: float
+    p95_s: float
+    idle_p50_s: float
+    idle_p95_s: float
+    measured_p50_s: float | None
+
+
 class Learning:
     """Where a variant's :class:`Measured` is kept: here, for one process.
 
@@ -248,63 +270,53 @@ class ServiceModel:
             return 1.0 if measured.samples else 0.0
         return self.observed_weight * min(1.0, measured.samples / self.min_samples)
 
-    def correction(self) -> float:
+    def correction(self, measured: Measured | None = None) -> float:
         """The factor applied to the profile's median now (1.0 before any observation)."""
-        measured = self.learning.read()
+        measured = measured or self.learning.read()
         if self.fit is None:
             return measured.ratio if measured.samples else 0.0
         weight = self._weight(measured)
         return (1.0 - weight) + weight * measured.ratio
 
-    def p50_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
-        """Predicted median seconds of a run of ``rows`` items of total ``size``.
+    def predict(self, rows: int, size: float | None = None, concurrency: int = 1) -> Prediction:
+        """Every figure routing needs for one run, from one read of the measurements.
 
-        The run executes beside ``concurrency - 1`` others.
+        Args:
+            rows: Items in the run.
+            size: Their total size in the family's size unit (None: typical items).
+            concurrency: Runs executing beside it, itself included.
         """
-        return self._base_p50_s(rows, size, concurrency) * self.correction()
+        measured = self.learning.read()
+        base = self._base_p50_s(rows, size, concurrency)
+        weight = self._weight(measured)
+        profiled_tail = self.fit.tail if self.fit is not None else 1.5
+        tail = (1.0 - weight) * profiled_tail + weight * measured.tail
+        alone = self._base_p50_s(rows, size) if concurrency > 1 else base
+        trusted = measured.samples >= self.min_samples
+        if self.fit is None:
+            idle_p50 = idle_p95 = 0.0
+        elif trusted and self.observed_weight > 0:
+            # A profile from a busier or slower machine must not refuse what this one does
+            # in time; load must not turn a slowdown into a refusal: the lower of the two.
+            idle_p50 = alone * min(1.0, measured.ratio)
+            idle_p95 = alone * min(self.fit.tail, measured.tail)
+        else:
+            idle_p50, idle_p95 = alone, alone * self.fit.tail
+        return Prediction(
+            p50_s=base * self.correction(measured),
+            p95_s=base * tail,
+            idle_p50_s=idle_p50,
+            idle_p95_s=idle_p95,
+            measured_p50_s=alone * measured.ratio if trusted else None,
+        )
+
+    def p50_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
+        """Predicted median seconds of a run of ``rows`` items of total ``size``."""
+        return self.predict(rows, size, concurrency).p50_s
 
     def p95_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
         """Predicted tail seconds of the same run: the profile's tail and the measured one."""
-        measured = self.learning.read()
-        profiled_tail = self.fit.tail if self.fit is not None else 1.5
-        weight = self._weight(measured)
-        tail = (1.0 - weight) * profiled_tail + weight * measured.tail
-        return self._base_p50_s(rows, size, concurrency) * tail
-
-    def idle_p50_s(self, rows: int, size: float | None = None) -> float:
-        """The median when nothing competes: the profile's, or what runs measured if less.
-
-        Whether a variant can ever meet a budget: a profile taken on a busier (or slower)
-        machine must not refuse what this one does in time, and load must not turn a
-        momentary slowdown into a refusal. With ``observed_weight`` 0, the profile alone.
-        """
-        base = self._base_p50_s(rows, size)
-        measured = self.learning.read()
-        if self.fit is None:
-            return 0.0
-        if measured.samples < self.min_samples or self.observed_weight <= 0:
-            return base
-        return base * min(1.0, measured.ratio)
-
-    def idle_p95_s(self, rows: int, size: float | None = None) -> float:
-        """The tail when nothing competes, likewise the lower of profile and measurement."""
-        if self.fit is None:
-            return 0.0
-        base = self._base_p50_s(rows, size)
-        measured = self.learning.read()
-        if measured.samples < self.min_samples or self.observed_weight <= 0:
-            return base * self.fit.tail
-        return base * min(self.fit.tail, measured.tail)
-
-    def measured_p50_s(self, rows: int, size: float | None = None) -> float | None:
-        """What runs have measured for such a run, whatever ``observed_weight`` says.
-
-        None until ``min_samples`` runs were seen.
-        """
-        measured = self.learning.read()
-        if measured.samples < self.min_samples:
-            return None
-        return self._base_p50_s(rows, size) * measured.ratio
+        return self.predict(rows, size, concurrency).p95_s
 
     def observe(self, rows: int, size: float | None, seconds: float, concurrency: int = 1) -> None:
         """Record that a run of ``rows`` items took ``seconds`` beside others."""

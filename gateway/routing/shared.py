@@ -67,6 +67,7 @@ class SharedTable:
         self._names = memoryview(self._map)[: MAX_VARIANTS * NAME_BYTES]
         self._cells = memoryview(self._map)[MAX_VARIANTS * NAME_BYTES :].cast("d")
         self._columns: dict[str, int | None] = {}
+        self._row = MAX_VARIANTS * _FIELDS
         self._thread_lock = threading.Lock()
 
     @staticmethod
@@ -134,14 +135,15 @@ class SharedTable:
         """A cell summed over every worker."""
         if column is None:
             return 0.0
-        cells, at = self._cells, self._at
-        return sum(cells[at(w, column, field)] for w in range(self.workers))
+        return sum(self.rows(column, field))
 
     def rows(self, column: int | None, field: int) -> list[float]:
         """A cell of each worker, in worker order."""
         if column is None:
             return [0.0] * self.workers
-        return [self._cells[self._at(w, column, field)] for w in range(self.workers)]
+        # One strided view: worker w's cell is a whole row of cells further on.
+        cells = self._cells[self._at(0, column, field) :: self._row].tolist()
+        return [float(c) for c in cells]
 
     def names(self) -> list[tuple[str, int]]:
         """Every claimed variant name with its column."""

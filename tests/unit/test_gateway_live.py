@@ -94,11 +94,11 @@ def test_the_tail_is_learned_and_idle_figures_take_the_lower_of_profile_and_runs
     assert model.p50_s(1) == pytest.approx(0.0044, rel=0.15)
     assert 0.005 < model.p95_s(1) < 0.0085  # the measured tail, not the profile's 15 ms
     # Faster than profiled: can-ever-fit uses what runs show; slower would not refuse more.
-    assert model.idle_p50_s(1) == pytest.approx(model.p50_s(1))
+    assert model.predict(1).idle_p50_s == pytest.approx(model.p50_s(1))
     slow = ServiceModel(fit, observed_weight=1.0, min_samples=1)
     slow.observe(1, None, 0.050)
-    assert slow.idle_p50_s(1) == pytest.approx(0.010)
-    assert slow.idle_p95_s(1) == pytest.approx(0.015)
+    assert slow.predict(1).idle_p50_s == pytest.approx(0.010)
+    assert slow.predict(1).idle_p95_s == pytest.approx(0.015)
     assert slow.p95_s(1) == pytest.approx(0.050)
 
 
