@@ -268,7 +268,8 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
         [
             f"# Budget attainment under a bursty trace: {args.family} ({args.backend})",
             "",
-            f"{machine()}; load generator, gateway{triton} share the machine. Budgets: {budgets} (multiples of {result['largest']}'s idle "
+            f"{machine()}; load generator, gateway{triton} share the machine. "
+            f"Budgets: {budgets} (multiples of {result['largest']}'s idle "
             f"p95, {result['idle_ms']['p95']:.1f} ms). Capacities (closed loop, this run): "
             f"{capacities}. Pinned: largest {result['largest']}, smallest {result['fastest']}, "
             f"static {result['static']}. Each cell: attained · goodput · shed · mean quality "

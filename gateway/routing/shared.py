@@ -135,6 +135,8 @@ class SharedTable:
         """A cell summed over every worker."""
         if column is None:
             return 0.0
+        if self.workers == 1:
+            return self._cells[self._at(0, column, field)]
         return sum(self.rows(column, field))
 
     def rows(self, column: int | None, field: int) -> list[float]:
@@ -175,6 +177,8 @@ class SharedLearning(Learning):
         """Every worker's measurements, weighted by their sample counts."""
         if self.column is None:
             return super().read()
+        if self.table.workers == 1:
+            return self.own()
         counts = self.table.rows(self.column, SAMPLES)
         total = sum(counts)
         if total <= 0:
