@@ -10,7 +10,7 @@ throughput with N concurrent clients for a fixed time, the best N reported.
     .venv/bin/python bench/gateway_overhead.py --repository model_repo --model vision__int8
 
 Without ``--repository`` a small repository is built in a temporary directory from the test
-fixture (tests/integration/repo_fixture.py) and its ``digits__fp32`` graph is used. Results go
+fixture (tests/support/repo_fixture.py) and its ``digits__fp32`` graph is used. Results go
 to ``bench/results/gateway_overhead_<model>.{json,md}``.
 """
 
@@ -153,8 +153,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repository = args.repository
         if repository is None:
-            sys.path.insert(0, str(ROOT / "tests" / "integration"))
-            from repo_fixture import build_repository
+            sys.path.insert(0, str(ROOT))
+            from tests.support.repo_fixture import build_repository
 
             repository = build_repository(Path(tmp))
         run(repository.resolve(), args)
