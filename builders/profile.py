@@ -152,22 +152,27 @@ print(json.dumps({"resident_bytes": max(after - before, 0) * 1024}))
 """
 
 
-def measure_resident_memory(graph: Path, inputs: dict[str, Any], workdir: Path) -> int:
-    """Resident-memory growth of loading the graph and running one batch, in bytes.
+def measure_in_child(script: str, *args: str, timeout_s: float = 600) -> dict[str, int]:
+    """Run a measuring ``script`` in a fresh interpreter; its last stdout line is JSON.
 
-    Measured in a fresh child process so earlier variants do not hide this one's peak.
+    A fresh process, so what earlier variants loaded does not hide this one's memory.
     """
-    feeds = workdir / f"{graph.stem}.feeds.npz"
-    np.savez(feeds, **inputs)
     proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, str(graph), str(feeds)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout_s,
         check=True,
     )
     result: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return int(result["resident_bytes"])
+    return result
+
+
+def measure_resident_memory(graph: Path, inputs: dict[str, Any], workdir: Path) -> int:
+    """Resident-memory growth of loading the graph and running one batch, in bytes."""
+    feeds = workdir / f"{graph.stem}.feeds.npz"
+    np.savez(feeds, **inputs)
+    return int(measure_in_child(_MEMORY_SCRIPT, str(graph), str(feeds))["resident_bytes"])
 
 
 def measure_runtime_memory(workdir: Path) -> int:

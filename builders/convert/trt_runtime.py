@@ -8,9 +8,6 @@ process and reads how much device memory it took. Both need TensorRT, torch and 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from builders.profile import measure_in_child
 from gateway.tasks.base import Tensor
 
 
@@ -126,12 +124,4 @@ print(json.dumps({
 
 def measure_engine_memory(plan: Path) -> EngineMemory:
     """Load ``plan`` in a fresh process and measure the memory it takes (see the fields)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, str(plan)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    values: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return EngineMemory(**values)
+    return EngineMemory(**measure_in_child(_MEMORY_SCRIPT, str(plan)))
