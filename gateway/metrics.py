@@ -8,9 +8,14 @@ query only what is defined here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.manifest import Variant
 
@@ -34,6 +39,158 @@ LATENCY_BUCKETS_S = (
     10.0,
     30.0,
 )
+
+
+def multiprocess_dir() -> str:
+    """Where worker processes keep their series (set by the supervisor), or ""."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """A published variant as a scrape sees it.
+
+    Attributes:
+        model: The family.
+        variant: Its manifest entry.
+        ready: Loaded and servable.
+        in_flight: Requests admitted to it and not yet answered (every worker).
+        queue_depth: Requests waiting for a worker, plus graph runs queued in the backend.
+    """
+
+    model: str
+    variant: Variant
+    ready: bool
+    in_flight: int
+    queue_depth: int
+
+
+_STATE_GAUGES: tuple[tuple[str, str, Callable[[VariantState], float | None]], ...] = (
+    (
+        "gateway_in_flight",
+        "Requests admitted to a variant and not yet answered",
+        lambda s: s.in_flight,
+    ),
+    (
+        "gateway_queue_depth",
+        "Requests waiting for a worker, plus graph runs waiting in the backend",
+        lambda s: s.queue_depth,
+    ),
+    (
+        "gateway_variant_ready",
+        "1 when a published variant is loaded and servable, else 0",
+        lambda s: 1 if s.ready else 0,
+    ),
+    (
+        "gateway_variant_size_bytes",
+        "Bytes of the variant's graph file (manifest)",
+        lambda s: s.variant.size_bytes,
+    ),
+    (
+        "gateway_variant_parameters",
+        "Parameters of the variant (manifest)",
+        lambda s: s.variant.parameters,
+    ),
+    (
+        "gateway_variant_quality",
+        "Primary metric of the variant as higher-is-better points (manifest)",
+        lambda s: s.variant.quality,
+    ),
+    (
+        "gateway_variant_gpu_memory_bytes",
+        "Device memory the variant needs (manifest)",
+        lambda s: s.variant.gpu_memory_bytes,
+    ),
+    (
+        "gateway_variant_profiled_p95_seconds",
+        "Profiled p95 latency at batch 1, concurrency 1 (manifest)",
+        lambda s: None if (p := s.variant.latency_at(1, 1)) is None else p.p95_s,
+    ),
+)
+"""The per-variant gauges computed at scrape time: name, help, value of a state."""
+
+
+class VariantStateCollector:
+    """Per-variant gauges read when scraped, so a reload or another worker is always current."""
+
+    def __init__(self, states: Callable[[], Iterable[VariantState]]) -> None:
+        """Read the variants from ``states`` at each scrape."""
+        self.states = states
+
+    def describe(self) -> Iterator[Metric]:
+        """The gauges' names, so registering checks them for clashes."""
+        for name, help_text, _ in _STATE_GAUGES:
+            yield GaugeMetricFamily(name, help_text, labels=["model", "variant"])
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per published variant for each gauge."""
+        states = list(self.states())
+        for name, help_text, value in _STATE_GAUGES:
+            family = GaugeMetricFamily(name, help_text, labels=["model", "variant"])
+            for state in states:
+                number = value(state)
+                if number is not None:
+                    family.add_metric([state.model, state.variant.name], float(number))
+            yield family
+
+
+class VariantMetrics:
+    """One variant's series with their labels bound once, so a request pays no lookups.
+
+    Labels are bounded (served variants × codes, reasons, protocols); children are made on
+    first use and kept.
+    """
+
+    def __init__(self, metrics: GatewayMetrics, model: str, variant: str) -> None:
+        """Bind ``model`` and ``variant`` on every per-variant series of ``metrics``."""
+        self._metrics = metrics
+        self.model = model
+        self.variant = variant
+        self._backend_seconds: Any = None
+        self._requests: dict[str, Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._selections: dict[str, Any] = {}
+        self._budget_misses: Any = None
+
+    @property
+    def backend_seconds(self) -> Any:
+        """The graph-run latency histogram of this variant."""
+        if self._backend_seconds is None:
+            self._backend_seconds = self._metrics.backend_seconds.labels(self.model, self.variant)
+        return self._backend_seconds
+
+    def request(self, code: str) -> None:
+        """Count a request that ended with gRPC status ``code``."""
+        child = self._requests.get(code)
+        if child is None:
+            child = self._requests[code] = self._metrics.requests_total.labels(
+                self.model, self.variant, code
+            )
+        child.inc()
+
+    def latency(self, protocol: str, seconds: float) -> None:
+        """Observe an answered request's end-to-end latency."""
+        child = self._latency.get(protocol)
+        if child is None:
+            child = self._latency[protocol] = self._metrics.request_seconds.labels(
+                self.model, self.variant, protocol
+            )
+        child.observe(seconds)
+
+    def selection(self, reason: str) -> None:
+        """Count a routing choice of this variant for ``reason``."""
+        child = self._selections.get(reason)
+        if child is None:
+            child = self._selections[reason] = self._metrics.selections_total.labels(
+                self.model, self.variant, reason
+            )
+        child.inc()
+
+    def budget_miss(self) -> None:
+        """Count an answer slower than its latency budget."""
+        if self._budget_misses is None:
+            self._budget_misses = self._metrics.budget_misses_total.labels(self.model, self.variant)
+        self._budget_misses.inc()
 
 
 class GatewayMetrics:
@@ -93,54 +250,6 @@ class GatewayMetrics:
             ["model", "scope"],
             registry=registry,
         )
-        self.in_flight = Gauge(
-            "gateway_in_flight",
-            "Requests admitted to a variant and not yet answered",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            "gateway_queue_depth",
-            "Graph runs waiting in a variant's backend queue",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_ready = Gauge(
-            "gateway_variant_ready",
-            "1 when a published variant is loaded and servable, else 0",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_size_bytes = Gauge(
-            "gateway_variant_size_bytes",
-            "Bytes of the variant's graph file (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_parameters = Gauge(
-            "gateway_variant_parameters",
-            "Parameters of the variant (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_quality = Gauge(
-            "gateway_variant_quality",
-            "Primary metric of the variant as higher-is-better points (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_gpu_memory_bytes = Gauge(
-            "gateway_variant_gpu_memory_bytes",
-            "Device memory the variant needs (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_profiled_p95_seconds = Gauge(
-            "gateway_variant_profiled_p95_seconds",
-            "Profiled p95 latency at batch 1, concurrency 1 (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
         self.registry_reloads_total = Counter(
             "gateway_registry_reloads_total",
             "Manifest (re)loads by outcome",
@@ -153,24 +262,28 @@ class GatewayMetrics:
             "1 while a Triton server answers its probes, else 0",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_gpu_memory_budget_bytes = Gauge(
             "gateway_triton_gpu_memory_budget_bytes",
             "GPU memory a Triton server may give to variants (manifest figures)",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_resident_bytes = Gauge(
             "gateway_triton_resident_bytes",
             "GPU memory of the variants a Triton server holds, loads or drains (manifest)",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_variant_resident = Gauge(
             "gateway_triton_variant_resident",
             "1 while a variant is loaded and takes requests on a Triton server, else 0",
             ["server", "model", "variant"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_loads_total = Counter(
             "gateway_triton_loads_total",
@@ -198,55 +311,34 @@ class GatewayMetrics:
             "metrics polls",
             ["server", "model", "variant"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
-        self._static = (
-            self.variant_ready,
-            self.variant_size_bytes,
-            self.variant_parameters,
-            self.variant_quality,
-            self.variant_gpu_memory_bytes,
-            self.variant_profiled_p95_seconds,
-            self.queue_depth,
-        )
-        self._static_labels: set[tuple[str, str]] = set()
+        self._variants: dict[tuple[str, str], VariantMetrics] = {}
 
-    def set_variants(
-        self,
-        variants: Iterable[tuple[str, Variant, bool]],
-        queue_depth: Callable[[str, str], int],
-    ) -> None:
-        """Replace the static per-variant gauges with the current registry's variants.
+        self._state = VariantStateCollector(lambda: ())
+        registry.register(self._state)
 
-        Args:
-            variants: ``(family, variant, ready)`` for every published variant.
-            queue_depth: Reads the live queue depth of ``(family, variant)`` at scrape time.
+    def track(self, states: Callable[[], Iterable[VariantState]]) -> None:
+        """Export every served variant's state, read from ``states`` at each scrape."""
+        self._state.states = states
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` text: this process's series, or every worker's.
+
+        With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set) counters and
+        histograms are summed over the workers' files; the variant state comes from the
+        shared live table, so any worker's scrape reports the whole gateway.
         """
-        current: set[tuple[str, str]] = set()
-        for family, variant, ready in variants:
-            labels = (family, variant.name)
-            current.add(labels)
-            self.variant_ready.labels(*labels).set(1 if ready else 0)
-            self.variant_size_bytes.labels(*labels).set(variant.size_bytes)
-            self.variant_parameters.labels(*labels).set(variant.parameters)
-            self.variant_quality.labels(*labels).set(variant.quality)
-            self.variant_gpu_memory_bytes.labels(*labels).set(variant.gpu_memory_bytes)
-            point = variant.latency_at(1, 1)
-            if point is not None:
-                self.variant_profiled_p95_seconds.labels(*labels).set(point.p95_s)
-            self.queue_depth.labels(*labels).set_function(_reader(queue_depth, *labels))
-        for labels in self._static_labels - current:
-            for gauge in self._static:
-                try:
-                    gauge.remove(*labels)
-                except KeyError:
-                    pass  # that gauge never had this label set
-        self._static_labels = current
+        if not multiprocess_dir():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        merged.register(self._state)
+        return generate_latest(merged)
 
-
-def _reader(read: Callable[[str, str], int], family: str, variant: str) -> Callable[[], float]:
-    """A zero-argument gauge callback bound to one variant."""
-
-    def value() -> float:
-        return float(read(family, variant))
-
-    return value
+    def variant(self, model: str, variant: str) -> VariantMetrics:
+        """The bound series of one variant (``variant`` "" before routing)."""
+        bound = self._variants.get((model, variant))
+        if bound is None:
+            bound = self._variants[(model, variant)] = VariantMetrics(self, model, variant)
+        return bound

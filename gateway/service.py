@@ -24,6 +24,7 @@ from gateway.manifest import split_model_name
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.routing.live import Clock
+from gateway.routing.shared import SharedTable
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,19 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening yet).
+
+    ``reuse_port`` lets the gateway's worker processes bind the same port; the kernel then
+    spreads incoming connections over them.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
     # and without it a response written in two parts waits for a delayed ACK (~40 ms).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError:
@@ -51,12 +59,24 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _pool_threads(settings: GatewaySettings) -> int:
+    """Threads of one worker's compute pool.
+
+    The cores' worth it may use, or its share of the runs the Triton servers take.
+    """
+    if settings.backend == "triton":
+        runs = len(settings.triton_urls) * settings.triton_runs_per_server
+        return max(1, -(-runs // settings.workers))
+    return settings.task_threads
+
+
 class Gateway:
     """Starts and stops everything one gateway process runs.
 
     ``registry``, ``backend`` and ``clock`` are seams: tests pass a fresh Prometheus
     registry, and any backend can replace the one the settings describe (``backend:
-    embedded`` or ``triton``).
+    embedded`` or ``triton``). ``table`` is the live load shared with the other worker
+    processes, when this is one of several (``workers``); they then share the ports.
     """
 
     def __init__(
@@ -66,6 +86,7 @@ class Gateway:
         registry: CollectorRegistry | None = None,
         backend: Backend | None = None,
         clock: Clock = time.monotonic,
+        table: SharedTable | None = None,
     ) -> None:
         """Prepare the gateway; nothing starts until :meth:`start`."""
         self.settings = settings
@@ -77,7 +98,16 @@ class Gateway:
             self.metrics,
             unload_grace_s=settings.request_timeout_s,
         )
-        self.dataplane = DataPlane(self.registry, self.backend, settings, self.metrics, clock=clock)
+        self.dataplane = DataPlane(
+            self.registry,
+            self.backend,
+            settings,
+            self.metrics,
+            pool_threads=_pool_threads(settings),
+            table=table,
+            clock=clock,
+        )
+        self.metrics.track(self.dataplane.variant_states)
         self.http_port = 0
         self.grpc_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -87,13 +117,8 @@ class Gateway:
 
     def _embedded(self, settings: GatewaySettings, clock: Clock) -> EmbeddedBackend:
         return EmbeddedBackend(
-            inference_threads=settings.inference_threads,
             intra_op_threads=settings.intra_op_threads,
-            variant_concurrency=settings.variant_concurrency,
-            max_queue=settings.max_queue_per_variant,
-            max_batch_delay_s=settings.max_batch_delay_s,
             providers=settings.execution_providers,
-            clock=clock,
             on_batch=self._record_batch,
         )
 
@@ -134,13 +159,13 @@ class Gateway:
 
     async def _start(self) -> None:
         s = self.settings
-        if isinstance(self.backend, TritonBackend):
-            await self.backend.start()
+        await self.backend.start()
         await self.registry.refresh()
+        shared = s.workers > 1
         self._grpc, self.grpc_port = await start_grpc_server(
-            self.dataplane, s.host, s.grpc_port, s.max_payload_bytes
+            self.dataplane, s.host, s.grpc_port, s.max_payload_bytes, reuse_port=shared
         )
-        sock = _bind(s.host, s.http_port)
+        sock = bind(s.host, s.http_port, reuse_port=shared)
         self.http_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             create_app(self.dataplane, self.metrics, s),

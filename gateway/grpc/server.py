@@ -14,7 +14,7 @@ class PortInUseError(OSError):
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int
+    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving the KServe v2 gRPC API on ``host:port``.
 
@@ -23,6 +23,7 @@ async def start_grpc_server(
         host: Address to bind.
         port: Port to bind; 0 picks a free one.
         max_message_bytes: Largest request message; gRPC answers RESOURCE_EXHAUSTED above it.
+        reuse_port: Share the port with the gateway's other worker processes.
 
     Returns:
         The running server and the port it bound.
@@ -34,7 +35,8 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a second gateway on the same port must fail, not share
+            # Only the gateway's own workers share a port; anything else on it must fail.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

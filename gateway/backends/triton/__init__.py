@@ -5,7 +5,7 @@ The only package that imports ``tritonclient`` on the gateway side. It speaks gR
 deadline to Triton, and maps Triton's errors to the gateway's by status code, never by
 message text. One concern per module:
 
-- :mod:`.backend`: ``TritonBackend``, the ``PlacingBackend`` the data plane uses;
+- :mod:`.backend`: ``TritonBackend``, the ``Backend`` the data plane uses;
 - :mod:`.replica`: one server's connections and state, changed only through its methods;
 - :mod:`.fleet`: the replicas together, background tasks and the change signal;
 - :mod:`.health`: probes, recovery, following loads made by others, metrics polls;

@@ -1,4 +1,4 @@
-"""``TritonBackend``: the ``PlacingBackend`` the data plane sees, over the package's parts.
+"""``TritonBackend``: the ``Backend`` the data plane sees, over the package's parts.
 
 It wires the replicas (:mod:`.replica`, :mod:`.fleet`), their probes (:mod:`.health`), the
 placement controller (:mod:`.placement`) and the scheduler (:mod:`.scheduler`) together and
@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from gateway.backends.base import Backend, Lease, ModelRef
+from gateway.backends.base import Backend, GraphRunner, Lease, ModelRef, loop_runner
 from gateway.backends.runtimes import runtimes_of
 from gateway.backends.triton.fleet import Fleet
 from gateway.backends.triton.health import HealthMonitor
@@ -24,14 +24,17 @@ from gateway.tasks.base import Tensor
 
 
 class TritonBackend:
-    """A ``PlacingBackend`` over Triton replicas, with optional fallback to another backend.
+    """A ``Backend`` over Triton replicas that places variants itself, with a fallback.
 
     Nothing touches the network until :meth:`start`, which must run on the event loop that
     will use the backend (gRPC aio channels belong to the loop that created them). Triton
     runs ONNX graphs and TensorRT plans; the fallback takes only the runtimes it runs.
     """
 
+    runs_in_caller = False
+    """Graph calls go through the event loop, so task code must not run on it."""
     runtimes: frozenset[Runtime] = frozenset({"onnx", "tensorrt"})
+    """Graph runtimes Triton runs (the fallback only takes the ones it runs itself)."""
 
     def __init__(
         self,
@@ -179,7 +182,7 @@ class TritonBackend:
         """Run on the least busy healthy replica; fail over within the same deadline."""
         return await self.scheduler.run(ref, inputs, timeout_s, prefer="")
 
-    # -- the PlacingBackend protocol -------------------------------------------------------
+    # -- placement and leases --------------------------------------------------------------
 
     def can_hold(self, ref: ModelRef) -> bool:
         """Within a server's budget (or no budget), or a fallback holds it."""
@@ -208,3 +211,7 @@ class TritonBackend:
     ) -> dict[str, Tensor]:
         """Run on the lease's server while it serves the variant; else as :meth:`run`."""
         return await self.scheduler.run(lease.ref, inputs, timeout_s, prefer=lease.holder)
+
+    def graph_runner(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> GraphRunner:
+        """Run the lease's graph from a worker thread, through this backend on ``loop``."""
+        return loop_runner(self.run_leased, lease, loop)
