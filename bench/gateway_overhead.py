@@ -17,8 +17,8 @@ processes, each client on its own connection, the best of ``--clients`` reported
     .venv/bin/python bench/gateway_overhead.py --repository model_repo --model digits__fp32
     .venv/bin/python bench/gateway_overhead.py --repository model_repo --model vision__int8
 
-Without ``--repository`` the test fixture's repository is built in a temporary directory.
-Results: ``bench/results/gateway_overhead_<model>.{json,md}``.
+Without ``--repository`` the test fixture's repository (tests/support/repo_fixture.py) is
+built in a temporary directory. Results: ``bench/results/gateway_overhead_<model>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repository = args.repository
         if repository is None:
-            sys.path.insert(0, str(ROOT / "tests" / "integration"))
-            from repo_fixture import build_repository
+            sys.path.insert(0, str(ROOT))
+            from tests.support.repo_fixture import build_repository
 
             repository = build_repository(Path(tmp))
         run(repository.resolve(), args)

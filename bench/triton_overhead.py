@@ -17,7 +17,7 @@ for a fixed time, the best N reported; all in one run.
     .venv/bin/python bench/triton_overhead.py --repository model_repo --model digits__int8
 
 Without ``--repository`` a small repository is built in a temporary directory from the test
-fixture (tests/integration/repo_fixture.py) and its ``digits__fp32`` graph is used. Results go
+fixture (tests/support/repo_fixture.py) and its ``digits__fp32`` graph is used. Results go
 to ``bench/results/triton_overhead_<model>.{json,md}``.
 """
 
@@ -88,8 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repository = args.repository
         if repository is None:
-            sys.path.insert(0, str(ROOT / "tests" / "integration"))
-            from repo_fixture import build_repository
+            sys.path.insert(0, str(ROOT))
+            from tests.support.repo_fixture import build_repository
 
             repository = build_repository(Path(tmp) / "fixture")
         run(repository.resolve(), Path(tmp), args)

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
-from wire import image_input, metric
 
 from gateway.manifest import load_manifest
+from tests.support.wire import image_input, metric
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
