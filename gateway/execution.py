@@ -366,8 +366,8 @@ def _is_late(job: Job, now_s: float) -> bool:
 def _late(job: Job, now_s: float) -> BackendTimeoutError:
     late_ms = (now_s - (job.start_by_s or now_s)) * 1000
     return BackendTimeoutError(
-        "dropped before it ran: it could no longer finish within its latency budget "
-        f"(reached {late_ms:.1f} ms after its last possible start)"
+        "dropped before it ran: it could no longer finish by its deadline (latency budget "
+        f"or timeout); a worker reached it {late_ms:.1f} ms after its last possible start"
     )
 
 
