@@ -439,6 +439,7 @@ class DataPlane:
                 pinned=pinned,
                 utilization=self.work_rate.per_s() / pool.threads,
                 target_utilization=self.settings.target_utilization,
+                queue_headroom=self.settings.queue_headroom,
             )
         except CapacityExhaustedError:
             self.metrics.shed_total.labels(family.manifest.family, "variants").inc()
@@ -550,6 +551,7 @@ class DataPlane:
             items=items,
             run=run_task,
             cost_s=admission.cost_s,
+            tail_s=admission.tail_s,
             max_rows=max(1, served.ref.max_batch_size),
             due_s=due_s,
             start_by_s=start_by_s,

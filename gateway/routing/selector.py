@@ -119,6 +119,7 @@ def select(
     pinned: bool = False,
     utilization: float = 0.0,
     target_utilization: float = 1.0,
+    queue_headroom: float = 0.0,
 ) -> Choice:
     """Rank the variants that can serve a request now, most accurate first.
 
@@ -137,6 +138,9 @@ def select(
         pinned: The client named the variant; the reason is then ``pinned``.
         utilization: Recent admitted work per second over the compute's capacity.
         target_utilization: Above it, the cheapest fitting variant is ranked first.
+        queue_headroom: A variant dearer than the cheapest must fit with its wait counted
+            ``1 + queue_headroom`` times, so that a queue building behind it still fits on a
+            cheaper one (no effect on an idle pool).
 
     Returns:
         The ranking and the reason code and sentence for its first entry.
@@ -163,6 +167,7 @@ def select(
     ranked: list[Ranked] = []
     dynamic_misses: dict[str, tuple[str, str]] = {}
     limit_s = None if budget.latency_budget_s is None else budget.latency_budget_s - elapsed_s
+    cheapest = min(e.service_p50_s for _, e in feasible)
     for variant, estimate in feasible:
         if estimate.in_flight >= max_in_flight_per_variant:
             dynamic_misses[variant.name] = (
@@ -171,6 +176,10 @@ def select(
             )
             continue
         predicted_s = estimate.completion_s
+        if estimate.service_p50_s > cheapest:
+            # A dearer variant must also leave the queue room: work arriving behind it
+            # should still fit on a cheaper one.
+            predicted_s += queue_headroom * estimate.wait_s
         if limit_s is not None and predicted_s > limit_s:
             # Too slow even idle (its profiled tail misses) is the budget's doing, not load's.
             idle = estimate.idle_p95_s > limit_s
