@@ -11,8 +11,9 @@ Paths, all called with the stock ``tritonclient`` (gRPC and HTTP):
 - the same with ``--workers 2`` (``..., 2 workers``).
 
 The gateway's own cost is its latency minus the floor's and the in-process task's. Latency:
-one request at a time, every path taking turns; throughput: closed-loop clients in two client
-processes, each client on its own connection, the best of ``--clients`` reported.
+one request at a time, the wire paths taking turns (the in-process task first, alone);
+throughput: closed-loop clients in two client processes, each client on its own connection,
+the best of ``--clients`` reported.
 
     .venv/bin/python bench/gateway_overhead.py --repository model_repo --model digits__fp32
     .venv/bin/python bench/gateway_overhead.py --repository model_repo --model vision__int8
@@ -117,6 +118,14 @@ def run(repository: Path, args: argparse.Namespace) -> None:
     options = io_.options({})
     graph_run = direct_runner(graph_path(repository, args.model, entry.runtime), 1)
 
+    # The task alone, before any client exists: a client's background threads in this
+    # process would otherwise slow the in-process baseline and flatter the gateway.
+    direct = lambda: io_.run(items, graph_run, options) and None  # noqa: E731
+    print(f"latency: {args.requests} in-process task runs", flush=True)
+    latency = interleaved({DIRECT: direct}, args.requests)
+    rates: dict[str, dict[int, float]] = {
+        DIRECT: {1: throughput(lambda: direct, 1, args.duration_s)}
+    }
     processes: list[subprocess.Popen[str]] = []
     try:
         floors, floor_grpc, floor_http = start_floors()
@@ -138,15 +147,12 @@ def run(repository: Path, args: argparse.Namespace) -> None:
             PINNED + TWO: call("grpc", grpc_2, args.model),
             ROUTED + TWO: call("grpc", grpc_2, family),
         }
-        direct = lambda: io_.run(items, graph_run, options) and None  # noqa: E731
-        calls = {DIRECT: direct} | {label: c.client() for label, c in wire_paths.items()}
+        calls = {label: c.client() for label, c in wire_paths.items()}
         print(f"latency: {args.requests} requests per path, paths taking turns", flush=True)
-        latency = interleaved(calls, args.requests)
-        rates: dict[str, dict[int, float]] = {}
+        latency |= interleaved(calls, args.requests)
         for label, wire_call in wire_paths.items():
             print(f"throughput: {label}", flush=True)
             rates[label] = {n: wire_throughput(wire_call, n, args.duration_s) for n in args.clients}
-        rates[DIRECT] = {1: throughput(lambda: direct, 1, args.duration_s)}
     finally:
         for proc in processes:
             proc.send_signal(signal.SIGTERM)
@@ -223,7 +229,8 @@ def report(
             "",
             f"{task}, one item per request; {where} at the end; clients, gateway and floors "
             f"share the machine. Latency: {args.requests} sequential requests per path after "
-            "warm-up, the paths taking turns. Throughput: the best of "
+            "warm-up, the wire paths taking turns (the in-process task measured first, "
+            "alone). Throughput: the best of "
             f"{args.clients} closed-loop clients (two client processes, a connection each), "
             f'{args.duration_s:g} s each. "Gateway adds" is its latency minus the floor\'s '
             "and the in-process task's.",

@@ -540,33 +540,37 @@ class DataPlane:
         def run_task(batch_items: list[Any]) -> list[Any]:
             return io.run(batch_items, run_graph, options)
 
-        # The last moment the job may start and still end in time (its tail within the
-        # deadline), unless late answers help.
-        start_by_s = deadline_s - admission.tail_s
-        if budget.hard is not False:
-            start_by_s = due_s - admission.tail_s
         key = served.variant.model_name
-        job = Job(
-            key=(key, lease.holder, _options_key(options), io.batch_key(items)),
-            items=items,
-            run=run_task,
-            cost_s=admission.cost_s,
-            tail_s=admission.tail_s,
-            max_rows=max(1, served.ref.max_batch_size),
-            due_s=due_s,
-            start_by_s=start_by_s,
-            future=loop.create_future(),
-            loop=loop,
-            label=key,
-            size=admission.size,
-            observe=admission.model.observe,
-            run_tail_s=lambda rows, size: model.p95_s(rows, size, concurrency),
-        )
+        max_rows = max(1, served.ref.max_batch_size)
         self.live.begin(key)
         self.work_rate.add(admission.cost_s)
         try:
             if self._inline(admission, len(items)):
-                return io.pack(run_inline(job, clock))
+                results = run_inline(
+                    items, run_task, max_rows, admission.size, admission.model.observe, clock
+                )
+                return io.pack(results)
+            # The last moment the job may start and still end in time (its tail within the
+            # deadline), unless late answers help.
+            start_by_s = deadline_s - admission.tail_s
+            if budget.hard is not False:
+                start_by_s = due_s - admission.tail_s
+            job = Job(
+                key=(key, lease.holder, _options_key(options), io.batch_key(items)),
+                items=items,
+                run=run_task,
+                cost_s=admission.cost_s,
+                tail_s=admission.tail_s,
+                max_rows=max_rows,
+                due_s=due_s,
+                start_by_s=start_by_s,
+                future=loop.create_future(),
+                loop=loop,
+                label=key,
+                size=admission.size,
+                observe=admission.model.observe,
+                run_tail_s=lambda rows, size: model.p95_s(rows, size, concurrency),
+            )
             return io.pack(await self._queued(job, labels, start_s, deadline_s))
         finally:
             self.live.end(key)

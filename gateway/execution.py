@@ -310,7 +310,7 @@ class TaskPool:
         first = batch[0]
         if len(batch) == 1:
             try:
-                results = _run_chunked(first)
+                results = _run_chunked(first.items, first.run, first.max_rows)
             except Exception as exc:  # reported to the one caller, mapped by the data plane
                 return [(first, None, exc)], None
             return [(first, results, None)], self._clock() - start_s
@@ -324,7 +324,7 @@ class TaskPool:
             outcomes: list[Outcome] = []
             for job in batch:
                 try:
-                    outcomes.append((job, _run_chunked(job), None))
+                    outcomes.append((job, _run_chunked(job.items, job.run, job.max_rows), None))
                 except Exception as exc:
                     outcomes.append((job, None, exc))
             return outcomes, None
@@ -355,12 +355,19 @@ def predicted_wait_s(remaining_s: list[float], ahead_s: list[float], threads: in
     return free[0]
 
 
-def run_inline(job: Job, clock: Clock) -> list[Any]:
-    """Run ``job`` in the calling thread, reporting its run time as a worker would."""
+def run_inline(
+    items: list[Any],
+    run: TaskRun,
+    max_rows: int,
+    size: float | None,
+    observe: Callable[[int, float | None, float, int], None] | None,
+    clock: Clock,
+) -> list[Any]:
+    """Run a request's task in the calling thread, reporting its time as a worker would."""
     start_s = clock()
-    results = _run_chunked(job)
-    if job.observe is not None:
-        job.observe(len(job.items), job.size, clock() - start_s, 1)
+    results = _run_chunked(items, run, max_rows)
+    if observe is not None:
+        observe(len(items), size, clock() - start_s, 1)
     return results
 
 
@@ -397,16 +404,18 @@ def _late(job: Job, now_s: float) -> BackendTimeoutError:
     )
 
 
-def _run_chunked(job: Job) -> list[Any]:
-    """Run one job alone, in runs of at most ``max_rows`` items."""
-    step = max(1, job.max_rows)
-    results: list[Any] = []
-    for i in range(0, len(job.items), step):
-        part = job.run(job.items[i : i + step])
-        if len(part) != len(job.items[i : i + step]):
-            raise RuntimeError(f"task returned {len(part)} results for {step} items")
-        results.extend(part)
-    return results
+def _run_chunked(items: list[Any], run: TaskRun, max_rows: int) -> list[Any]:
+    """Run items in runs of at most ``max_rows`` (one job alone)."""
+    step = max(1, max_rows)
+    if len(items) <= step:
+        results = run(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"task returned {len(results)} results for {len(items)} items")
+        return results
+    out: list[Any] = []
+    for i in range(0, len(items), step):
+        out.extend(_run_chunked(items[i : i + step], run, step))
+    return out
 
 
 def _deliver_all(outcomes: list[Outcome]) -> None:

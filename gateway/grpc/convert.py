@@ -128,7 +128,7 @@ def infer_response(response: InferResponse) -> service_pb2.ModelInferResponse:
         _set_parameter(message.parameters[key], value)
     for output in response.outputs:
         message.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
-        message.raw_output_contents.append(to_raw(output.data))
+        message.raw_output_contents.append(to_raw(output.data, output.datatype))
     return message
 
 

@@ -221,7 +221,7 @@ def render_infer(response: InferResponse, parsed: ParsedRequest) -> tuple[bytes,
             "shape": list(tensor.shape),
         }
         if parsed.binary_by_default or tensor.name in parsed.binary_outputs:
-            raw = to_raw(tensor.data)
+            raw = to_raw(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
