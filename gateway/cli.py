@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(_serve(settings))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a port in use; a key or TLS file that does not load
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     return 0

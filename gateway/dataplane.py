@@ -35,6 +35,7 @@ from gateway.errors import (
     ModelNotFoundError,
     VariantUnavailableError,
 )
+from gateway.limits import Limits
 from gateway.manifest import split_model_name
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
@@ -118,6 +119,8 @@ class DataPlane:
         )
         self._in_flight = 0
         self._placing = backend if isinstance(backend, PlacingBackend) else None
+        self.limits = Limits.from_settings(settings)
+        """Request limits; the transports check the wire-level ones, ``_infer`` the items."""
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -292,6 +295,7 @@ class DataPlane:
         io = candidates[0].io
         assert io is not None  # candidates are ready, so their io is loaded
         items = io.items(_by_name(request.inputs))
+        self.limits.check_items(family.manifest.task, items)
         options = io.options(task_parameters(request.parameters))
         wanted = _check_outputs(request.requested_outputs, io.outputs)
 

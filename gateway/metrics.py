@@ -199,6 +199,20 @@ class GatewayMetrics:
             ["server", "model", "variant"],
             registry=registry,
         )
+        # Access checks and the files re-read for rotation (gateway/security.py).
+        self.auth_rejections_total = Counter(
+            "gateway_auth_rejections_total",
+            "Calls refused by the access check (code: UNAUTHENTICATED or PERMISSION_DENIED)",
+            ["code"],
+            registry=registry,
+        )
+        self.secret_reloads_total = Counter(
+            "gateway_secret_reloads_total",
+            "Reloads of the key file (kind keys) and the TLS files (kind tls) by outcome "
+            "(loaded, failed: the previous ones stay in service)",
+            ["kind", "outcome"],
+            registry=registry,
+        )
         self._static = (
             self.variant_ready,
             self.variant_size_bytes,

@@ -24,6 +24,7 @@ from gateway.manifest import split_model_name
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.routing.live import Clock
+from gateway.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ class Gateway:
             unload_grace_s=settings.request_timeout_s,
         )
         self.dataplane = DataPlane(self.registry, self.backend, settings, self.metrics, clock=clock)
+        self.security = Security.from_settings(settings, self.metrics)
         self.http_port = 0
         self.grpc_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._secrets_task: asyncio.Task[None] | None = None
 
     def _embedded(self, settings: GatewaySettings, clock: Clock) -> EmbeddedBackend:
         return EmbeddedBackend(
@@ -138,16 +141,22 @@ class Gateway:
             await self.backend.start()
         await self.registry.refresh()
         self._grpc, self.grpc_port = await start_grpc_server(
-            self.dataplane, s.host, s.grpc_port, s.max_payload_bytes
+            self.dataplane,
+            s.host,
+            s.grpc_port,
+            s.max_payload_bytes,
+            credentials=self.security.grpc_credentials(),
+            interceptors=self.security.grpc_interceptors(),
         )
         sock = _bind(s.host, s.http_port)
         self.http_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            create_app(self.dataplane, self.metrics, s),
+            self.security.http_app(create_app(self.dataplane, self.metrics, s)),
             log_level=s.log_level,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
+            **self.security.uvicorn_options(),
         )
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -158,6 +167,7 @@ class Gateway:
             await asyncio.sleep(0.01)
         if s.reload_interval_s > 0:
             self._watch_task = asyncio.create_task(self.registry.watch(s.reload_interval_s))
+        self._secrets_task = asyncio.create_task(self.security.watch())
         log.info(
             "gateway serving http=%s:%d grpc=%s:%d", s.host, self.http_port, s.host, self.grpc_port
         )
@@ -165,10 +175,11 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting requests, let in-flight ones finish (up to the grace), release all."""
         grace_s = self.settings.shutdown_grace_s
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._watch_task, self._secrets_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         waits = []
         if self._grpc is not None:
             waits.append(self._grpc.stop(grace_s))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
@@ -14,7 +16,13 @@ class PortInUseError(OSError):
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int
+    dataplane: DataPlane,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving the KServe v2 gRPC API on ``host:port``.
 
@@ -23,6 +31,8 @@ async def start_grpc_server(
         host: Address to bind.
         port: Port to bind; 0 picks a free one.
         max_message_bytes: Largest request message; gRPC answers RESOURCE_EXHAUSTED above it.
+        credentials: TLS credentials; None serves plaintext.
+        interceptors: Run before every call (the access check).
 
     Returns:
         The running server and the port it bound.
@@ -31,17 +41,22 @@ async def start_grpc_server(
         PortInUseError: The address could not be bound.
     """
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second gateway on the same port must fail, not share
-        ]
+        ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise PortInUseError(f"cannot bind gRPC to {host}:{port}: {exc}") from exc
     if bound == 0:

@@ -135,7 +135,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> service_pb2.ModelInferResponse:
         infer_request = convert.infer_request(
-            request, call_headers(context), context.time_remaining()
+            request, call_headers(context), context.time_remaining(), self.dataplane.limits
         )
         response = await self.dataplane.infer(infer_request)
         return convert.infer_response(response)
