@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from tritonclient.grpc import service_pb2_grpc
 
 from gateway.dataplane import DataPlane
+from gateway.grpc.decoding import register_servicer
 from gateway.grpc.servicer import InferenceServicer
 
 
@@ -48,9 +48,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),  # a second gateway on the same port must fail, not share
         ],
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane), server
-    )
+    register_servicer(InferenceServicer(dataplane), server)
     try:
         address = f"{host}:{port}"
         if credentials is None:
