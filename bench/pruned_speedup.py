@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from builders.build import artifact_path
 from builders.profile import GraphClock
 from builders.zoo.registry import get_family
 from gateway.manifest import FamilyManifest, Variant, find_manifests, load_manifest
@@ -41,7 +40,7 @@ class TimedVariant:
     """One variant's task and graph, with the time of each request and of its graph calls."""
 
     def __init__(self, repository: Path, family: str, variant: Variant) -> None:
-        graph = artifact_path(repository, variant)
+        graph = variant.graph_path(repository)
         self.name = variant.name
         self.task: Task = get_family(family).make_task(graph.parent)
         self.clock = GraphClock(onnx_graph_runner(graph, INTRA_OP_THREADS))

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
@@ -30,18 +29,12 @@ from builders.convert.onnx2trt import tensorrt_unavailable_reason
 from builders.optimize.quantize import QuantizationMethod, op_types, to_fp16, to_int8
 from builders.pareto import Point, frontier
 from builders.profile import estimate_gpu_memory, measure_resident_memory, profile_latency
-from builders.repository import (
-    ARTIFACT_FILE,
-    VERSION,
-    new_staging_dir,
-    publish_family,
-    sha256_file,
-    stage_variant,
-    triton_config,
-)
+from builders.repository import new_staging_dir, publish_family, stage_variant
 from builders.sources import ModelSource, check_contract, load_torch_module
 from builders.spec import BuildSpec, pruned_name
+from builders.triton.model_config import TritonModel
 from builders.zoo.api import ZooFamily
+from gateway.layout import sha256_file
 from gateway.manifest import (
     Artifact,
     Datatype,
@@ -270,8 +263,8 @@ def _variant_entry(
     name = model_name(family.name, c.name)
     artifacts: list[Artifact] = []
     if not rejected:
-        config = triton_config(name, "onnxruntime", inputs, outputs, spec.max_batch_size)
-        model_dir = stage_variant(staging, config, c.graph, family.assets_dir)
+        model = TritonModel(name, "onnx", tuple(inputs), tuple(outputs), spec.max_batch_size)
+        model_dir = stage_variant(staging, model, c.graph, family.assets_dir)
         artifacts = [
             Artifact(
                 path=str(f.relative_to(staging)), sha256=sha256_file(f), size_bytes=f.stat().st_size
@@ -367,16 +360,3 @@ def build_family(
     for reason in skipped:
         say(f"{family.name}: skipped {reason}")
     return BuildResult(manifest, path, skipped, time.perf_counter() - started)
-
-
-def artifact_path(repository: Path, variant: Variant) -> Path:
-    """The graph file of a published ONNX variant."""
-    return repository / variant.model_name / VERSION / ARTIFACT_FILE["onnxruntime"]
-
-
-def count_initializer_elements(graph: Path, dtype: int) -> int:
-    """Elements of initializers of one ONNX dtype (e.g. ``onnx.TensorProto.INT8``)."""
-    model = onnx.load(str(graph))
-    return sum(
-        numpy_helper.to_array(i).size for i in model.graph.initializer if i.data_type == dtype
-    )

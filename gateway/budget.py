@@ -1,9 +1,13 @@
 """Budgets and deadlines from request parameters, HTTP headers and gRPC metadata.
 
 A budget may come as a request parameter (``latency_budget_ms``, ``gpu_memory_budget_mb``,
-``min_accuracy``) or as a header / metadata entry (``x-latency-budget-ms``, …). When both
-are given, the stricter one holds. Triton's ``timeout`` parameter (microseconds) is a
-deadline, like a gRPC deadline.
+``min_accuracy``, ``latency_budget_policy``) or as a header / metadata entry
+(``x-latency-budget-ms``, …). When both are given, the stricter one holds. Triton's
+``timeout`` parameter (microseconds) is a deadline, like a gRPC deadline: always hard.
+
+``latency_budget_policy`` says what a late answer is worth: ``hard`` (useless: work that can
+no longer finish within the budget is dropped before it runs) or ``soft`` (still wanted: it
+runs, late). A deadline is always hard.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from gateway.types import Budget, ParamValue
 LATENCY = "latency_budget_ms"
 GPU_MEMORY = "gpu_memory_budget_mb"
 MIN_ACCURACY = "min_accuracy"
+POLICY = "latency_budget_policy"
+POLICIES = {"hard": True, "soft": False}
+"""Values of ``latency_budget_policy`` and whether each makes the budget hard."""
 TIMEOUT_US = "timeout"
 """Triton's request timeout parameter, in microseconds."""
 
@@ -25,6 +32,7 @@ HEADERS = {
     "x-latency-budget-ms": LATENCY,
     "x-gpu-memory-budget-mb": GPU_MEMORY,
     "x-min-accuracy": MIN_ACCURACY,
+    "x-latency-budget-policy": POLICY,
 }
 """Header (HTTP) / metadata (gRPC) names of the budget fields."""
 
@@ -33,6 +41,7 @@ RESERVED = frozenset(
         LATENCY,
         GPU_MEMORY,
         MIN_ACCURACY,
+        POLICY,
         TIMEOUT_US,
         "binary_data_output",
         "priority",
@@ -58,7 +67,16 @@ def _number(source: str, value: object) -> float:
     return float(value)
 
 
+def _policy(source: str, value: object) -> Budget:
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in POLICIES:
+        raise InvalidRequestError(f"{source} must be 'hard' or 'soft', got {value!r}")
+    return Budget(hard=POLICIES[str(text)])
+
+
 def _one(source: str, field: str, value: object) -> Budget:
+    if field == POLICY:
+        return _policy(source, value)
     number = _number(source, value)
     if field == MIN_ACCURACY:
         if number < 0:
@@ -87,7 +105,7 @@ def parse_budget(
         InvalidRequestError: A value is not a finite number in range.
     """
     budget = Budget()
-    for field in (LATENCY, GPU_MEMORY, MIN_ACCURACY):
+    for field in (LATENCY, GPU_MEMORY, MIN_ACCURACY, POLICY):
         if field in parameters:
             budget = budget.tightened(_one(f"parameter '{field}'", field, parameters[field]))
     for header, field in HEADERS.items():

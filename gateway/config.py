@@ -26,14 +26,16 @@ class GatewaySettings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)
     """KServe v2 gRPC port; 0 picks a free port."""
 
-    task_threads: int = Field(4, ge=1, le=256)
-    """Threads running task pre/post-processing (decoding, features, the decode loop)."""
-    inference_threads: int = Field(2, ge=1, le=256)
-    """Threads running graphs in the embedded backend, shared by all variants."""
+    task_threads: int = Field(2, ge=1, le=256)
+    """Worker threads of the compute pool: each runs one request's task code (decoding,
+    features, the decode loop) and its graph calls at a time, so about one per core the
+    gateway may use. With the Triton backend, see ``triton_runs_per_server`` instead."""
+    inline_task_max_ms: float = Field(1.0, ge=0, le=100)
+    """A request whose predicted task time is at most this runs on the event loop itself,
+    saving the two thread hand-offs to and from a worker, when nothing is queued; 0 sends
+    every request to the pool."""
     intra_op_threads: int = Field(1, ge=0, le=256)
     """ONNX Runtime threads inside one graph run; 0 lets ONNX Runtime choose."""
-    variant_concurrency: int = Field(2, ge=1, le=64)
-    """Graph runs (batches) of one variant that may execute at the same time."""
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """ONNX Runtime execution providers, in order of preference."""
 
@@ -41,11 +43,8 @@ class GatewaySettings(BaseSettings):
     """Requests admitted by the whole gateway at once; more are shed (429)."""
     max_in_flight_per_variant: int = Field(32, ge=1)
     """Requests admitted to one variant at once; more go elsewhere or are shed."""
-    max_queue_per_variant: int = Field(64, ge=1)
-    """Graph runs waiting in one variant's queue; a full queue sheds (429)."""
-    max_batch_delay_ms: float = Field(0.0, ge=0, le=1000)
-    """Extra time a partial batch waits for more requests. At 0, batches are only formed
-    from requests already queued, so an idle gateway adds no latency."""
+    max_queue: int = Field(256, ge=1)
+    """Requests waiting for a worker of the compute pool; a full queue sheds (429)."""
 
     default_latency_budget_ms: float | None = Field(None, gt=0)
     """Latency budget applied when a request states none; None means unbounded."""
@@ -53,6 +52,11 @@ class GatewaySettings(BaseSettings):
     """GPU-memory budget (MiB) applied when a request states none; None means unbounded."""
     default_min_accuracy: float | None = Field(None, ge=0)
     """Quality floor (manifest points) applied when a request states none."""
+    default_latency_budget_policy: Literal["hard", "soft"] = "hard"
+    """What a late answer is worth when a request does not say (``latency_budget_policy``):
+    ``hard``, useless, so a request that can no longer finish within its latency budget is
+    dropped before it runs (DEADLINE_EXCEEDED); ``soft``, still wanted, so it runs late. A
+    client deadline is always hard."""
     request_timeout_s: float = Field(60.0, gt=0)
     """Hard limit on one request when the client sets no deadline."""
     max_payload_bytes: int = Field(64 * MIB, ge=1024)
@@ -104,12 +108,12 @@ class GatewaySettings(BaseSettings):
     triton_tls_key_file: Path | None = None
     """PEM private key of ``triton_tls_cert_file``."""
 
-    live_window_s: float = Field(10.0, gt=0)
-    """Age of the newest latency samples kept per variant for the observed p95."""
     live_min_samples: int = Field(5, ge=1)
-    """Samples at which the observed latency reaches its full weight."""
-    observed_weight: float = Field(0.5, ge=0, le=1)
-    """Weight of the observed p95 against the profiled one at full sample count."""
+    """Measured runs of a variant at which their correction of its profile reaches full
+    weight."""
+    observed_weight: float = Field(1.0, ge=0, le=1)
+    """Weight of the measured service times against the profiled ones (0: route on the
+    profile alone)."""
 
     backend: Literal["embedded", "triton"] = "embedded"
     """Where graphs run: ``embedded`` ONNX Runtime in this process, or ``triton`` servers."""
@@ -128,6 +132,9 @@ class GatewaySettings(BaseSettings):
     triton_fallback_embedded: bool = False
     """Also hold every variant in the embedded backend, which serves when no Triton server
     can (costs the memory of every variant in the gateway process)."""
+    triton_runs_per_server: int = Field(4, ge=1, le=256)
+    """Requests the gateway keeps running at once per Triton server (their graph calls in
+    flight there); more wait in the gateway's queue, where admission sees them."""
     triton_channels_per_server: int = Field(2, ge=1, le=16)
     """gRPC connections kept to each Triton server; requests spread over them."""
     triton_probe_interval_s: float = Field(1.0, gt=0, le=60)
@@ -206,8 +213,3 @@ class GatewaySettings(BaseSettings):
         """The per-server Triton GPU-memory budget in bytes (None: unbounded)."""
         mb = self.triton_gpu_memory_budget_mb
         return None if mb is None else int(mb * MIB)
-
-    @property
-    def max_batch_delay_s(self) -> float:
-        """The batching delay in seconds."""
-        return self.max_batch_delay_ms / 1000.0

@@ -4,27 +4,27 @@ Both transports convert their wire format into an :class:`InferRequest`, call
 :meth:`DataPlane.infer` and convert the :class:`InferResponse` (or the raised
 ``GatewayError``) back. Nothing here knows about gRPC or HTTP.
 
-A request's task code (decoding, features, the translation decode loop) runs on a bounded
-thread pool; each graph call it makes hops back to the event loop into the backend, where
-concurrent requests to the same variant are batched.
+A request is routed on the event loop, in microseconds: the selector predicts its
+completion on each variant from the work queued in the compute pool and the variant's
+service-time model, and it is admitted to the most accurate variant that meets its budget,
+or shed at once. Admitted, it becomes a job of the task pool: a worker thread runs its task
+code and graph calls (batched with compatible queued jobs) and hands the answer back.
 
-With a backend that places variants itself (Triton within a GPU-memory budget), the variant
-the selector picks among all servable ones is the request's *demand*, reported to the
-backend; the request then runs on the best-ranked variant that is resident (reason
-``loading`` when that is not the one demanded), or waits within its deadline for a load.
+The backend leases the variant to run on: the embedded backend at once; a Triton backend
+within a GPU-memory budget may lease a resident, less accurate variant while the chosen one
+loads (reason ``loading``), or make the request wait within its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
+import importlib.metadata
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.base import Backend, Lease, PlacingBackend
+from gateway.backends.base import Backend, Lease
 from gateway.budget import parse_budget, parse_timeout_s, task_parameters
 from gateway.config import GatewaySettings
 from gateway.errors import (
@@ -35,14 +35,16 @@ from gateway.errors import (
     ModelNotFoundError,
     VariantUnavailableError,
 )
+from gateway.execution import Job, PoolStats, TaskPool, run_inline
 from gateway.limits import Limits
 from gateway.manifest import split_model_name
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
-from gateway.routing.live import Clock, LiveStats
-from gateway.routing.selector import SelectorConfig, select
+from gateway.routing.live import Clock, LiveLoad, ServiceModels
+from gateway.routing.selector import Estimate, select
+from gateway.routing.service_time import ServiceModel
 from gateway.taskio import TASK_IO, TensorInfo
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import MAIN_GRAPH, Tensor
 from gateway.types import Budget, InferRequest, InferResponse, NamedTensor, Selection
 
 ROUTER_PLATFORM = "variant-router"
@@ -51,6 +53,26 @@ VARIANT_PLATFORM = "onnxruntime_onnx"
 """``platform`` reported for a pinned variant name."""
 LOADING = "loading"
 """Selection reason: a more accurate variant fits but is still being loaded."""
+SERVER_NAME = "variant-gateway"
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters")
+"""KServe v2 extensions both transports support (and report in server metadata)."""
+
+
+def server_version() -> str:
+    """The installed package version (``0.0.0`` when run from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version(SERVER_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Server metadata: what ``/v2`` and ServerMetadata answer."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,18 @@ class _Labels:
     variant: str = ""
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """Where a request was admitted and what was predicted for it."""
+
+    served: ServedVariant
+    lease: Lease
+    model: ServiceModel
+    selection: Selection
+    cost_s: float
+    size: float | None
+
+
 class DataPlane:
     """Serves inference and model metadata for every family in a registry."""
 
@@ -92,33 +126,41 @@ class DataPlane:
         backend: Backend,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
-        live: LiveStats | None = None,
+        *,
+        pool_threads: int | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        """Wire the data plane; ``live`` and ``clock`` are seams for tests and benchmarks."""
+        """Wire the data plane.
+
+        Args:
+            registry: The served families.
+            backend: Runs the graphs.
+            settings: Limits, defaults and pool sizes.
+            metrics: Where every series goes.
+            pool_threads: Worker threads of the task pool (default: ``task_threads``).
+            clock: Monotonic seconds; a seam for tests and benchmarks.
+        """
         self.registry = registry
         self.backend = backend
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self.live = live or LiveStats(settings.live_window_s, clock)
-        self.selector_config = SelectorConfig(
-            max_in_flight_per_variant=settings.max_in_flight_per_variant,
-            parallelism=settings.variant_concurrency,
-            observed_weight=settings.observed_weight,
-            min_samples=settings.live_min_samples,
-            window_s=settings.live_window_s,
-        )
+        self.info = ServerInfo(SERVER_NAME, server_version(), EXTENSIONS)
+        self.live = LiveLoad()
+        self.models = ServiceModels(settings.observed_weight, settings.live_min_samples)
         self.default_budget = Budget(
             latency_budget_s=settings.default_latency_budget_s,
             gpu_memory_budget_bytes=settings.default_gpu_memory_budget_bytes,
             min_accuracy=settings.default_min_accuracy,
+            hard=settings.default_latency_budget_policy == "hard",
         )
-        self._task_pool = concurrent.futures.ThreadPoolExecutor(
-            settings.task_threads, thread_name_prefix="gateway-task"
+        self._inline_limit_s = settings.inline_task_max_ms / 1000.0
+        self.pool = TaskPool(
+            "gateway-task",
+            pool_threads or settings.task_threads,
+            max_queue=settings.max_queue,
+            clock=clock,
         )
-        self._in_flight = 0
-        self._placing = backend if isinstance(backend, PlacingBackend) else None
         self.limits = Limits.from_settings(settings)
         """Request limits; the transports check the wire-level ones, ``_infer`` the items."""
 
@@ -127,7 +169,7 @@ class DataPlane:
     def is_ready(self) -> bool:
         """The repository has been read and at least one family can serve."""
         snapshot = self.registry.snapshot
-        if self._placing is not None and not self._placing.is_serving():
+        if not self.backend.is_serving():
             return False
         return snapshot.loaded and any(f.ready_variants() for f in snapshot.families.values())
 
@@ -232,6 +274,10 @@ class DataPlane:
             rows.append(IndexEntry(name, VERSION, "UNAVAILABLE", reason))
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
+    def queue_depth(self, model_name: str) -> int:
+        """Jobs of a variant waiting in the task pool (for the queue-depth gauge)."""
+        return self.pool.queued(model_name)
+
     # -- inference -----------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -242,34 +288,30 @@ class DataPlane:
         """
         start_s = self.clock()
         labels = _Labels()
-        if self._in_flight >= self.settings.max_in_flight:
+        if self.live.total >= self.settings.max_in_flight:
             family, _ = split_model_name(request.model_name)
             model = family if family in self.registry.snapshot.families else UNKNOWN_MODEL
             self.metrics.shed_total.labels(model, "gateway").inc()
-            self.metrics.requests_total.labels(model, "", "RESOURCE_EXHAUSTED").inc()
+            self.metrics.variant(model, "").request("RESOURCE_EXHAUSTED")
             raise CapacityExhaustedError(
                 f"the gateway is at capacity ({self.settings.max_in_flight} requests in flight)"
             )
-        self._in_flight += 1
         try:
             response, budget = await self._infer(request, labels, start_s)
         except GatewayError as exc:
-            self.metrics.requests_total.labels(labels.model, labels.variant, exc.code_name).inc()
+            self.metrics.variant(labels.model, labels.variant).request(exc.code_name)
             raise
         except Exception:  # a bug: the transport logs it and answers INTERNAL
-            self.metrics.requests_total.labels(labels.model, labels.variant, "INTERNAL").inc()
+            self.metrics.variant(labels.model, labels.variant).request("INTERNAL")
             raise
-        finally:
-            self._in_flight -= 1
         elapsed_s = self.clock() - start_s
-        self.metrics.requests_total.labels(labels.model, labels.variant, "OK").inc()
-        self.metrics.request_seconds.labels(labels.model, labels.variant, request.protocol).observe(
-            elapsed_s
-        )
+        bound = self.metrics.variant(labels.model, labels.variant)
+        bound.request("OK")
+        bound.latency(request.protocol, elapsed_s)
         if budget.latency_budget_s is not None:
             self.metrics.budget_requests_total.labels(labels.model).inc()
             if elapsed_s > budget.latency_budget_s:
-                self.metrics.budget_misses_total.labels(labels.model, labels.variant).inc()
+                bound.budget_miss()
         return response
 
     def _deadline(self, request: InferRequest, start_s: float) -> tuple[float | None, float]:
@@ -287,60 +329,116 @@ class DataPlane:
         budget = parse_budget(request.parameters, request.headers).or_defaults(self.default_budget)
         client_timeout_s, deadline_s = self._deadline(request, start_s)
         if client_timeout_s is not None:
-            budget = budget.tightened(Budget(latency_budget_s=client_timeout_s))
+            budget = budget.tightened(Budget(latency_budget_s=client_timeout_s, hard=True))
 
-        candidates = self._candidates(family, pin)
-        if self._placing is not None:
-            candidates = self._holdable(family, candidates, self._placing)
+        candidates = self._holdable(family, self._candidates(family, pin))
         io = candidates[0].io
         assert io is not None  # candidates are ready, so their io is loaded
         items = io.items(_by_name(request.inputs))
         self.limits.check_items(family.manifest.task, items)
         options = io.options(task_parameters(request.parameters))
         wanted = _check_outputs(request.requested_outputs, io.outputs)
+        # Sizes count only where the profile measured latency against them.
+        size = sum(io.item_size(x) for x in items) if family.manifest.size_unit else None
 
-        keys = [c.variant.model_name for c in candidates]
-        depths = {c.variant.model_name: self.backend.queue_depth(c.ref) for c in candidates}
+        # When the answer is due: the end of its latency budget, else its deadline.
+        due_s = deadline_s
+        if budget.latency_budget_s is not None:
+            due_s = min(deadline_s, start_s + budget.latency_budget_s)
+        admission = await self._admit(
+            family, candidates, budget, len(items), size, pin is not None, start_s, due_s
+        )
+        labels.variant = admission.served.variant.name
+        self.metrics.variant(labels.model, labels.variant).selection(admission.selection.reason)
+        try:
+            outputs = await self._run(
+                admission, items, options, budget, start_s, due_s, deadline_s, labels
+            )
+        finally:
+            self.backend.release(admission.lease)
+        if wanted is not None:
+            outputs = [o for o in outputs if o.name in wanted]
+        response = InferResponse(
+            model_name=request.model_name,
+            model_version=VERSION,
+            request_id=request.request_id,
+            outputs=outputs,
+            selection=admission.selection,
+        )
+        return response, budget
+
+    def _estimate(
+        self,
+        family: ServedFamily,
+        served: ServedVariant,
+        rows: int,
+        size: float | None,
+        pool: PoolStats,
+    ) -> tuple[Estimate, ServiceModel]:
+        """Predict this request's run on one variant, with the pool as it is now."""
+        model = self.models.get(family.manifest, served.variant)
+        fit = model.fit
+        idle_p50 = fit.p50_s(rows, size) if fit is not None else 0.0
+        idle_p95 = fit.p95_s(rows, size) if fit is not None else 0.0
+        wait_s = 0.0
+        if pool.queued or pool.running >= pool.threads:
+            wait_s = pool.work_ahead_s / pool.threads
+        backend_queue = self.backend.queue_depth(served.ref)
+        if backend_queue:
+            wait_s += backend_queue * model.p50_s(1) / pool.threads
+        estimate = Estimate(
+            idle_p50_s=idle_p50,
+            idle_p95_s=idle_p95,
+            service_p95_s=model.p95_s(rows, size),
+            wait_s=wait_s,
+            in_flight=self.live.in_flight(served.variant.model_name),
+        )
+        return estimate, model
+
+    async def _admit(
+        self,
+        family: ServedFamily,
+        candidates: list[ServedVariant],
+        budget: Budget,
+        rows: int,
+        size: float | None,
+        pinned: bool,
+        start_s: float,
+        due_s: float,
+    ) -> _Admission:
+        """Choose the variant, lease it and say why; shed or refuse if none fits."""
+        pool = self.pool.stats(due_s)
+        estimates: dict[str, Estimate] = {}
+        models: dict[str, ServiceModel] = {}
+        for served in candidates:
+            key = served.variant.model_name
+            estimates[key], models[key] = self._estimate(family, served, rows, size, pool)
         try:
             choice = select(
                 family.manifest.family,
                 budget,
                 [c.variant for c in candidates],
-                self.live.snapshot(keys, depths),
-                self.clock(),
-                self.selector_config,
-                batch_size=len(items),
-                pinned=pin is not None,
+                estimates,
+                max_in_flight_per_variant=self.settings.max_in_flight_per_variant,
+                elapsed_s=self.clock() - start_s,
+                pinned=pinned,
             )
         except CapacityExhaustedError:
-            self.metrics.shed_total.labels(labels.model, "variants").inc()
+            self.metrics.shed_total.labels(family.manifest.family, "variants").inc()
             raise
         by_name = {c.variant.name: c for c in candidates}
-        top = choice.ranked[0]
-        served = by_name[top.variant.name]
+        ranked = [by_name[r.variant.name] for r in choice.ranked]
+        self.backend.note_demand(ranked[0].ref)
+        lease = await self.backend.acquire([c.ref for c in ranked], due_s - self.clock())
+        i = next(i for i, c in enumerate(ranked) if c.ref == lease.ref)
+        served, top = ranked[i], choice.ranked[i]
         reason, detail = choice.reason, choice.detail
-        lease: Lease | None = None
-        if self._placing is not None:
-            ranked = [by_name[r.variant.name] for r in choice.ranked]
-            lease = await self._lease(self._placing, ranked, deadline_s)
-            if lease.ref != served.ref:
-                i = next(i for i, c in enumerate(ranked) if c.ref == lease.ref)
-                reason = LOADING
-                detail = (
-                    f"{served.variant.name} is being loaded; "
-                    f"{ranked[i].variant.name} serves meanwhile"
-                )
-                top, served = choice.ranked[i], ranked[i]
-        labels.variant = served.variant.name
-        self.metrics.selections_total.labels(labels.model, labels.variant, reason).inc()
-
-        try:
-            outputs = await self._run(served, items, options, deadline_s, labels, lease)
-        finally:
-            if lease is not None and self._placing is not None:
-                self._placing.release(lease)
-        if wanted is not None:
-            outputs = [o for o in outputs if o.name in wanted]
+        if i > 0:
+            reason = LOADING
+            detail = (
+                f"{ranked[0].variant.name} is being loaded; {served.variant.name} serves meanwhile"
+            )
+        model = models[served.variant.model_name]
         selection = Selection(
             variant=served.variant.name,
             model_name=served.variant.model_name,
@@ -348,14 +446,7 @@ class DataPlane:
             detail=detail,
             predicted_latency_s=top.predicted_latency_s,
         )
-        response = InferResponse(
-            model_name=request.model_name,
-            model_version=VERSION,
-            request_id=request.request_id,
-            outputs=outputs,
-            selection=selection,
-        )
-        return response, budget
+        return _Admission(served, lease, model, selection, model.p50_s(rows, size), size)
 
     @staticmethod
     def _candidates(family: ServedFamily, pin: str | None) -> list[ServedVariant]:
@@ -374,12 +465,11 @@ class DataPlane:
             )
         return ready
 
-    @staticmethod
     def _holdable(
-        family: ServedFamily, candidates: list[ServedVariant], placing: PlacingBackend
+        self, family: ServedFamily, candidates: list[ServedVariant]
     ) -> list[ServedVariant]:
         """The candidates the backend could ever make resident."""
-        holdable = [c for c in candidates if placing.can_hold(c.ref)]
+        holdable = [c for c in candidates if self.backend.can_hold(c.ref)]
         if not holdable:
             names = ", ".join(c.variant.name for c in candidates)
             raise VariantUnavailableError(
@@ -388,94 +478,118 @@ class DataPlane:
             )
         return holdable
 
-    async def _lease(
-        self, placing: PlacingBackend, ranked: list[ServedVariant], deadline_s: float
-    ) -> Lease:
-        """Report the demand for ``ranked[0]`` and lease the best resident of ``ranked``."""
-        placing.note_demand(ranked[0].ref)
-        return await placing.acquire([c.ref for c in ranked], deadline_s - self.clock())
-
     async def _run(
         self,
-        served: ServedVariant,
+        admission: _Admission,
         items: list[Any],
         options: Mapping[str, Any],
+        budget: Budget,
+        start_s: float,
+        due_s: float,
         deadline_s: float,
         labels: _Labels,
-        lease: Lease | None = None,
     ) -> list[NamedTensor]:
-        """Run the task for ``items`` on one variant, its graph calls through the backend."""
+        """Run the task for ``items``: inline if it is cheap, else as a job of the pool."""
+        served, lease = admission.served, admission.lease
         io = served.io
         assert io is not None
         loop = asyncio.get_running_loop()
-        abandoned = threading.Event()
-        backend_seconds = self.metrics.backend_seconds.labels(labels.model, labels.variant)
+        runner = self.backend.graph_runner(lease, loop)
+        bound = self.metrics.variant(labels.model, labels.variant)
+        backend_seconds = bound.backend_seconds
+        clock = self.clock
 
-        async def timed_run(inputs: Mapping[str, Tensor], timeout_s: float) -> dict[str, Tensor]:
-            t0 = self.clock()
+        def run_graph(
+            inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
+        ) -> Mapping[str, Tensor]:
+            t0 = clock()
             try:
-                if lease is not None and self._placing is not None:
-                    return await self._placing.run_leased(lease, inputs, timeout_s)
-                return await self.backend.run(served.ref, inputs, timeout_s)
-            except CapacityExhaustedError:
-                self.metrics.shed_total.labels(labels.model, "queue").inc()
-                raise
+                return runner(inputs, deadline_s - t0)
             finally:
-                backend_seconds.observe(self.clock() - t0)
+                backend_seconds.observe(clock() - t0)
 
-        def run_graph(inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-            remaining_s = deadline_s - self.clock()
-            if abandoned.is_set() or remaining_s <= 0:
-                raise BackendTimeoutError("the request's deadline passed")
-            future = asyncio.run_coroutine_threadsafe(timed_run(inputs, remaining_s), loop)
-            try:
-                # The backend enforces remaining_s itself; the margin only guards a lost reply.
-                return future.result(timeout=remaining_s + 1.0)
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                raise BackendTimeoutError("the request's deadline passed") from None
+        def run_task(batch_items: list[Any]) -> list[Any]:
+            return io.run(batch_items, run_graph, options)
 
-        chunk = max(1, served.ref.max_batch_size)
-
-        def work() -> list[NamedTensor]:
-            results: list[Any] = []
-            for i in range(0, len(items), chunk):
-                results.extend(io.run(items[i : i + chunk], run_graph, options))
-            return io.pack(results)
-
+        # The last moment the job may start and still end in time, unless late answers help.
+        start_by_s = deadline_s - admission.cost_s
+        if budget.hard is not False:
+            start_by_s = due_s - admission.cost_s
         key = served.variant.model_name
-        in_flight = self.metrics.in_flight.labels(labels.model, labels.variant)
+        job = Job(
+            key=(key, lease.holder, _options_key(options), io.batch_key(items)),
+            items=items,
+            run=run_task,
+            cost_s=admission.cost_s,
+            max_rows=max(1, served.ref.max_batch_size),
+            due_s=due_s,
+            start_by_s=start_by_s,
+            future=loop.create_future(),
+            loop=loop,
+            label=key,
+            size=admission.size,
+            observe=admission.model.observe,
+        )
         self.live.begin(key)
-        in_flight.inc()
-        t0 = self.clock()
-        latency_s: float | None = None
-        ok = True
+        bound.in_flight.inc()
         try:
-            remaining_s = max(0.0, deadline_s - t0)
-            outputs = await asyncio.wait_for(
-                loop.run_in_executor(self._task_pool, work), remaining_s
-            )
-            latency_s = self.clock() - t0
-            return outputs
-        except TimeoutError:
-            ok, latency_s = False, self.clock() - t0
-            raise BackendTimeoutError(
-                f"{served.variant.model_name} gave no result within the request's deadline "
-                f"({(deadline_s - t0) * 1000:.0f} ms)"
-            ) from None
-        except InvalidRequestError:
-            raise  # the client's fault, not the variant's: no sample
-        except Exception:
-            ok, latency_s = False, self.clock() - t0
-            raise
+            if self._inline(admission, len(items)):
+                return io.pack(run_inline(job, clock))
+            return io.pack(await self._queued(job, labels, start_s, deadline_s))
         finally:
-            abandoned.set()
-            in_flight.dec()
-            self.live.end(key, latency_s, ok)
+            self.live.end(key)
+            bound.in_flight.dec()
+
+    def _inline(self, admission: _Admission, rows: int) -> bool:
+        """Whether to run a job on the event loop itself: cheap, and nothing is queued.
+
+        Two thread hand-offs cost more than a sub-millisecond task; a longer one would hold
+        up every other request on the loop, so a variant runs inline only once its own
+        measured runs (in the pool) show it is cheap, whatever its profile claims.
+        """
+        if self._inline_limit_s <= 0 or not self.backend.runs_in_caller:
+            return False
+        measured_s = admission.model.measured_p50_s(rows, admission.size)
+        return (
+            measured_s is not None
+            and measured_s <= self._inline_limit_s
+            and not self.pool.has_queue()
+        )
+
+    async def _queued(
+        self, job: Job, labels: _Labels, start_s: float, deadline_s: float
+    ) -> list[Any]:
+        """Hand ``job`` to the pool and wait for its results within the deadline."""
+        if not self.pool.submit(job):
+            self.metrics.shed_total.labels(labels.model, "queue").inc()
+            raise CapacityExhaustedError(
+                f"{job.label}: the task queue is full ({self.settings.max_queue} jobs waiting)"
+            )
+        try:
+            return await asyncio.wait_for(job.future, max(0.0, deadline_s - self.clock()))
+        except TimeoutError:
+            job.abandoned = True
+            raise BackendTimeoutError(
+                f"{job.label} gave no result within the request's deadline "
+                f"({(deadline_s - start_s) * 1000:.0f} ms)"
+            ) from None
+        except BackendTimeoutError:
+            self.metrics.shed_total.labels(labels.model, "late").inc()
+            raise
+        except asyncio.CancelledError:
+            job.abandoned = True
+            raise
 
     async def close(self) -> None:
-        """Stop the task threads (running tasks finish in the background)."""
-        self._task_pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the task pool (queued jobs fail; running ones finish in the background)."""
+        self.pool.close()
+
+
+def _options_key(options: Mapping[str, Any]) -> Hashable:
+    try:
+        return tuple(sorted(options.items()))
+    except TypeError:  # unhashable or unorderable option values: never share a run
+        return object()
 
 
 def _by_name(inputs: list[NamedTensor]) -> dict[str, NamedTensor]:

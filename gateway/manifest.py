@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.layout import Runtime, graph_path
+
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_SUFFIX = ".manifest.json"
 VARIANT_SEPARATOR = "__"
@@ -72,6 +74,15 @@ class LatencyPoint(_Strict):
     )
 
 
+class SizePoint(_Strict):
+    """Latency at batch 1, concurrency 1 of items of about one size (see ``size_unit``)."""
+
+    size: float = Field(ge=0, description="Mean item size of the items behind this point.")
+    runs: int = Field(ge=1, description="Timed runs behind the percentiles.")
+    p50_s: float = Field(ge=0)
+    p95_s: float = Field(ge=0)
+
+
 class Variant(_Strict):
     """One size variant of a family, with everything measured about it."""
 
@@ -80,7 +91,7 @@ class Variant(_Strict):
     status: Literal["published", "rejected"]
     rejection_reason: str | None = None
     recommended: bool = Field(description="On the size/latency/quality Pareto frontier.")
-    runtime: Literal["onnx", "tensorrt"] = "onnx"
+    runtime: Runtime = "onnx"
     precision: Literal["fp32", "fp16", "int8"]
     quantization: Literal["none", "static-qdq", "dynamic"] = "none"
     pruning_ratio: float = Field(ge=0, lt=1)
@@ -94,6 +105,12 @@ class Variant(_Strict):
     )
     quality_drop: float = Field(description="Points of quality lost against fp32.")
     latency: list[LatencyPoint]
+    size_latency: list[SizePoint] = Field(
+        default_factory=list,
+        description="Latency against item size at batch 1 (items grouped by size), so routing "
+        "can predict a request's time from its size; empty when the task's items all cost "
+        "the same.",
+    )
     resident_memory_bytes: int = Field(
         ge=0, description="Resident memory growth to load and run one batch."
     )
@@ -104,6 +121,10 @@ class Variant(_Strict):
     )
     gpu_memory_source: Literal["measured", "estimated"] = "estimated"
     notes: list[str] = Field(default_factory=list, description="How it was made, in words.")
+
+    def graph_path(self, repository: Path) -> Path:
+        """This variant's graph file in ``repository`` (see :mod:`gateway.layout`)."""
+        return graph_path(repository, self.model_name, self.runtime)
 
     def latency_at(self, batch_size: int = 1, concurrency: int = 1) -> LatencyPoint | None:
         """The profiled point closest to (batch_size, concurrency), preferring exact matches."""
@@ -130,6 +151,16 @@ class FamilyManifest(_Strict):
     task: Literal["image-labels", "audio-text", "text-text"]
     metric: MetricInfo
     max_batch_size: int = Field(ge=0)
+    size_unit: str | None = Field(
+        default=None,
+        description="What an item's size counts (e.g. 'audio_seconds', 'source_tokens'), the "
+        "unit of every size_latency point; None when items all cost the same.",
+    )
+    profiled_item_size: float | None = Field(
+        default=None,
+        ge=0,
+        description="Mean item size of the items behind the latency points, in size_unit.",
+    )
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     assets: list[str] = Field(description="Asset files copied beside each graph.")

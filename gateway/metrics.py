@@ -9,6 +9,7 @@ query only what is defined here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -34,6 +35,73 @@ LATENCY_BUCKETS_S = (
     10.0,
     30.0,
 )
+
+
+class VariantMetrics:
+    """One variant's series with their labels bound once, so a request pays no lookups.
+
+    Labels are bounded (served variants × codes, reasons, protocols); children are made on
+    first use and kept.
+    """
+
+    def __init__(self, metrics: GatewayMetrics, model: str, variant: str) -> None:
+        """Bind ``model`` and ``variant`` on every per-variant series of ``metrics``."""
+        self._metrics = metrics
+        self.model = model
+        self.variant = variant
+        self._backend_seconds: Any = None
+        self._in_flight: Any = None
+        self._requests: dict[str, Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._selections: dict[str, Any] = {}
+        self._budget_misses: Any = None
+
+    @property
+    def backend_seconds(self) -> Any:
+        """The graph-run latency histogram of this variant."""
+        if self._backend_seconds is None:
+            self._backend_seconds = self._metrics.backend_seconds.labels(self.model, self.variant)
+        return self._backend_seconds
+
+    @property
+    def in_flight(self) -> Any:
+        """The in-flight gauge of this variant."""
+        if self._in_flight is None:
+            self._in_flight = self._metrics.in_flight.labels(self.model, self.variant)
+        return self._in_flight
+
+    def request(self, code: str) -> None:
+        """Count a request that ended with gRPC status ``code``."""
+        child = self._requests.get(code)
+        if child is None:
+            child = self._requests[code] = self._metrics.requests_total.labels(
+                self.model, self.variant, code
+            )
+        child.inc()
+
+    def latency(self, protocol: str, seconds: float) -> None:
+        """Observe an answered request's end-to-end latency."""
+        child = self._latency.get(protocol)
+        if child is None:
+            child = self._latency[protocol] = self._metrics.request_seconds.labels(
+                self.model, self.variant, protocol
+            )
+        child.observe(seconds)
+
+    def selection(self, reason: str) -> None:
+        """Count a routing choice of this variant for ``reason``."""
+        child = self._selections.get(reason)
+        if child is None:
+            child = self._selections[reason] = self._metrics.selections_total.labels(
+                self.model, self.variant, reason
+            )
+        child.inc()
+
+    def budget_miss(self) -> None:
+        """Count an answer slower than its latency budget."""
+        if self._budget_misses is None:
+            self._budget_misses = self._metrics.budget_misses_total.labels(self.model, self.variant)
+        self._budget_misses.inc()
 
 
 class GatewayMetrics:
@@ -223,6 +291,14 @@ class GatewayMetrics:
             self.queue_depth,
         )
         self._static_labels: set[tuple[str, str]] = set()
+        self._variants: dict[tuple[str, str], VariantMetrics] = {}
+
+    def variant(self, model: str, variant: str) -> VariantMetrics:
+        """The bound series of one variant (``variant`` "" before routing)."""
+        bound = self._variants.get((model, variant))
+        if bound is None:
+            bound = self._variants[(model, variant)] = VariantMetrics(self, model, variant)
+        return bound
 
     def set_variants(
         self,

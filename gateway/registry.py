@@ -12,7 +12,6 @@ marks it unavailable with the reason).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +19,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.backends.base import GRAPH_FILES, Backend, ModelRef
+from gateway.backends.base import Backend, ModelRef
 from gateway.errors import GatewayError
+from gateway.layout import VERSION as VERSION
+from gateway.layout import sha256_file
 from gateway.manifest import (
     MANIFEST_SUFFIX,
     FamilyManifest,
@@ -33,9 +34,6 @@ from gateway.metrics import GatewayMetrics
 from gateway.taskio import TaskIO, task_io
 
 log = logging.getLogger(__name__)
-
-VERSION = "1"
-"""The one model version directory of every variant."""
 
 Signature = tuple[int, int, int]
 
@@ -109,14 +107,6 @@ def _signature(path: Path) -> Signature | None:
     except FileNotFoundError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _family_of(path: Path) -> str:
@@ -221,8 +211,8 @@ class Registry:
     async def _load_variant(
         self, manifest: FamilyManifest, variant: Variant, old: ServedFamily | None
     ) -> ServedVariant:
-        version_dir = self.repository / variant.model_name / VERSION
-        graph = version_dir / GRAPH_FILES[variant.runtime]
+        graph = variant.graph_path(self.repository)
+        version_dir = graph.parent
         relative = graph.relative_to(self.repository).as_posix()
         sha = next((a.sha256 for a in variant.artifacts if a.path == relative), "")
         ref = ModelRef(
@@ -237,7 +227,7 @@ class Registry:
                 raise ValueError(f"runtime '{variant.runtime}' is not served by this gateway")
             if not graph.is_file():
                 raise ValueError(f"graph file {relative} is missing")
-            if sha and await loop.run_in_executor(None, _sha256, graph) != sha:
+            if sha and await loop.run_in_executor(None, sha256_file, graph) != sha:
                 raise ValueError(f"graph file {relative} does not match the manifest's sha256")
             io = await loop.run_in_executor(None, task_io, manifest.task, version_dir)
             await self.backend.load(ref)

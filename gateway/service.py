@@ -52,6 +52,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _pool_threads(settings: GatewaySettings) -> int:
+    """Workers of the compute pool: the cores' worth, or the runs Triton servers take."""
+    if settings.backend == "triton":
+        return len(settings.triton_urls) * settings.triton_runs_per_server
+    return settings.task_threads
+
+
 class Gateway:
     """Starts and stops everything one gateway process runs.
 
@@ -78,7 +85,14 @@ class Gateway:
             self.metrics,
             unload_grace_s=settings.request_timeout_s,
         )
-        self.dataplane = DataPlane(self.registry, self.backend, settings, self.metrics, clock=clock)
+        self.dataplane = DataPlane(
+            self.registry,
+            self.backend,
+            settings,
+            self.metrics,
+            pool_threads=_pool_threads(settings),
+            clock=clock,
+        )
         self.security = Security.from_settings(settings, self.metrics)
         self.http_port = 0
         self.grpc_port = 0
@@ -90,13 +104,8 @@ class Gateway:
 
     def _embedded(self, settings: GatewaySettings, clock: Clock) -> EmbeddedBackend:
         return EmbeddedBackend(
-            inference_threads=settings.inference_threads,
             intra_op_threads=settings.intra_op_threads,
-            variant_concurrency=settings.variant_concurrency,
-            max_queue=settings.max_queue_per_variant,
-            max_batch_delay_s=settings.max_batch_delay_s,
             providers=settings.execution_providers,
-            clock=clock,
             on_batch=self._record_batch,
         )
 
@@ -137,8 +146,7 @@ class Gateway:
 
     async def _start(self) -> None:
         s = self.settings
-        if isinstance(self.backend, TritonBackend):
-            await self.backend.start()
+        await self.backend.start()
         await self.registry.refresh()
         self._grpc, self.grpc_port = await start_grpc_server(
             self.dataplane,

@@ -14,7 +14,7 @@ through a graph runner and packs the results as output tensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.errors import InvalidRequestError
-from gateway.tasks.base import RunGraph, TaskInputError
+from gateway.tasks.base import RunGraphs, TaskInputError
 from gateway.tasks.speech import SpeechTask
 from gateway.tasks.translation import TranslationTask
 from gateway.tasks.vision import DEFAULT_TOP_K, ImageTask, decode_image
@@ -52,7 +52,15 @@ class TaskIO(Protocol):
         """Task options from request parameters (e.g. ``top_k``)."""
         ...
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """What one item costs to serve, in the family's ``size_unit`` (cheap: no decoding)."""
+        ...
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Requests with equal keys may share one task run; None never shares."""
+        ...
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Decode and run ``items`` through the task; one result per item."""
         ...
 
@@ -137,7 +145,15 @@ class ImageIO:
             )
         return {"top_k": value}
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """Every image costs the same: it is resized to the graph's input."""
+        return 1.0
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Any images batch together (each is resized to the same input)."""
+        return ""
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Decode encoded images, then classify the batch with one graph call."""
 
         def call() -> list[Any]:
@@ -184,7 +200,17 @@ class AudioIO:
         """No options."""
         return {}
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """Seconds of audio (WAV files: from their byte count, 16-bit mono at 16 kHz)."""
+        if isinstance(item, bytes):
+            return max(0.0, (len(item) - 44) / (2 * 16000))
+        return float(len(item)) / 16000
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Only audio of the same lengths batches: padding would change the transcript."""
+        return tuple(len(item) for item in items)
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Transcribe the batch."""
         return _run_task(lambda: list(self.task.run(items, run_graph)))
 
@@ -223,7 +249,15 @@ class TextIO:
         """No options."""
         return {}
 
-    def run(self, items: list[Any], run_graph: RunGraph, options: Mapping[str, Any]) -> list[Any]:
+    def item_size(self, item: Any) -> float:
+        """Words of the source text (decoding time grows with its length)."""
+        return float(len(str(item).split()))
+
+    def batch_key(self, items: list[Any]) -> Hashable | None:
+        """Any texts batch together (the graph masks padding)."""
+        return ""
+
+    def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
         """Translate the batch (the greedy decode loop calls the graph per token)."""
         return _run_task(lambda: list(self.task.run(items, run_graph)))
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import InvalidRequestError
-from gateway.types import Array, bytes_array
+from gateway.tasks.base import Tensor
+from gateway.types import bytes_array
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -60,7 +61,7 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
-def datatype_of(array: Array) -> str:
+def datatype_of(array: Tensor) -> str:
     """The KServe datatype of a numpy array (object arrays are ``BYTES``)."""
     if array.dtype == object or array.dtype.kind in "SU":
         return "BYTES"
@@ -70,7 +71,7 @@ def datatype_of(array: Array) -> str:
     raise ValueError(f"no KServe datatype for numpy dtype {array.dtype}")
 
 
-def serialize_bytes(array: Array) -> bytes:
+def serialize_bytes(array: Tensor) -> bytes:
     """Frame a BYTES tensor: each element as a 4-byte little-endian length, then the bytes."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
@@ -80,7 +81,7 @@ def serialize_bytes(array: Array) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> Array:
+def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> Tensor:
     """Split a framed BYTES buffer into ``count`` elements.
 
     Raises:
@@ -105,7 +106,7 @@ def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> Array:
     return bytes_array(items)
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> Array:
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> Tensor:
     """Decode a raw (binary) tensor buffer into a shaped array.
 
     Raises:
@@ -125,7 +126,7 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memory
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
-def to_raw(array: Array) -> bytes:
+def to_raw(array: Tensor) -> bytes:
     """Encode an array as a raw little-endian buffer (BYTES framed)."""
     if datatype_of(array) == "BYTES":
         return serialize_bytes(array)
@@ -141,7 +142,7 @@ def _flatten(data: Any) -> list[Any]:
     return [data]
 
 
-def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Array:
+def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Tensor:
     """Decode the JSON ``data`` of a tensor (flat or nested, row-major) into an array.
 
     Raises:
@@ -176,7 +177,7 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Arra
         raise InvalidRequestError(f"input '{name}': value out of range for {datatype}") from exc
 
 
-def to_json(array: Array) -> list[Any]:
+def to_json(array: Tensor) -> list[Any]:
     """A flat, row-major JSON list of an array; BYTES elements become UTF-8 strings."""
     flat = array.reshape(-1)
     if datatype_of(array) == "BYTES":

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+
+from gateway.tasks.base import Tensor
 
 ParamValue = bool | int | float | str
 """A request or response parameter, as both KServe v2 transports can carry it."""
-
-Array = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -23,11 +21,14 @@ class Budget:
         latency_budget_s: End-to-end latency the request should finish within.
         gpu_memory_budget_bytes: Most device memory the serving variant may need.
         min_accuracy: Lowest acceptable ``quality`` (the manifest's higher-is-better points).
+        hard: Whether a late answer is useless (True: work that can no longer finish within
+            the latency budget is dropped unrun) or still wanted (False); None: the default.
     """
 
     latency_budget_s: float | None = None
     gpu_memory_budget_bytes: int | None = None
     min_accuracy: float | None = None
+    hard: bool | None = None
 
     def tightened(self, other: Budget) -> Budget:
         """The stricter of two budgets, field by field."""
@@ -47,6 +48,7 @@ class Budget:
             latency_budget_s=low(self.latency_budget_s, other.latency_budget_s),
             gpu_memory_budget_bytes=None if memory is None else int(memory),
             min_accuracy=floor,
+            hard=_stricter_policy(self.hard, other.hard),
         )
 
     def or_defaults(self, defaults: Budget) -> Budget:
@@ -63,7 +65,15 @@ class Budget:
                 else self.gpu_memory_budget_bytes
             ),
             min_accuracy=defaults.min_accuracy if self.min_accuracy is None else self.min_accuracy,
+            hard=defaults.hard if self.hard is None else self.hard,
         )
+
+
+def _stricter_policy(a: bool | None, b: bool | None) -> bool | None:
+    """Hard if either is hard, soft if either is soft, else unset."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a or b
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ class NamedTensor:
 
     name: str
     datatype: str
-    data: Array
+    data: Tensor
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -117,7 +127,7 @@ class Selection:
     Attributes:
         variant: Variant name, e.g. ``"int8"``.
         model_name: The variant's model name, e.g. ``"vision__int8"``.
-        reason: A short code (see ``routing.selector.REASONS``).
+        reason: A short code (see ``routing.selector``).
         detail: One human-readable sentence behind the code.
         predicted_latency_s: What the selector expected the request to take.
     """
@@ -150,7 +160,7 @@ class InferResponse:
         }
 
 
-def bytes_array(items: list[bytes]) -> Array:
+def bytes_array(items: list[bytes]) -> Tensor:
     """A 1-D object array of bytes, the in-memory form of a ``BYTES`` tensor."""
     out = np.empty(len(items), dtype=object)
     out[:] = items

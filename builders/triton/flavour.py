@@ -1,17 +1,20 @@
 """Derive the python-backend flavour of a repository, for Triton builds without ONNX Runtime.
 
 Every published ONNX variant becomes a python-backend model of the same name and tensors,
-whose ``model.py`` runs the same ``model.onnx`` through ONNX Runtime.
+whose ``model.py`` runs the same ``model.onnx`` through ONNX Runtime. Its configuration
+comes from the same :class:`~builders.triton.model_config.TritonModel` as the production one.
+TensorRT variants have no python flavour and are left out.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from pathlib import Path
 
-from builders.repository import ARTIFACT_FILE, VERSION, config_text, triton_config
-from gateway.manifest import MANIFEST_SUFFIX, TensorSpec, find_manifests, load_manifest
+from builders.triton.model_config import TritonModel, write_config
+from gateway.layout import version_dir
+from gateway.manifest import MANIFEST_SUFFIX, find_manifests, load_manifest
 
 PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 
@@ -42,35 +45,19 @@ def write_python_flavour(
         for variant in manifest.published():
             if variant.runtime != "onnx":
                 continue
-            source = repository / variant.model_name / VERSION / ARTIFACT_FILE["onnxruntime"]
-            target_dir = out_dir / variant.model_name
+            model = TritonModel.of_variant(manifest, variant)
+            source = variant.graph_path(repository)
+            target_dir = out_dir / model.name
             if target_dir.exists():
                 shutil.rmtree(target_dir)
-            version_dir = target_dir / VERSION
-            version_dir.mkdir(parents=True)
-            config = triton_config(
-                variant.model_name,
-                "python",
-                _with_batch_dim(manifest.inputs, manifest.max_batch_size),
-                _with_batch_dim(manifest.outputs, manifest.max_batch_size),
-                manifest.max_batch_size,
-            )
-            (target_dir / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
-            shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
-            graph = version_dir / ARTIFACT_FILE["python"]
+            target = version_dir(out_dir, model.name)
+            target.mkdir(parents=True)
+            write_config(target_dir, model, "python")
+            shutil.copyfile(PYTHON_MODEL, target / "model.py")
+            graph = target / model.graph_file
             if link:
                 graph.symlink_to(source.resolve())
             else:
                 shutil.copyfile(source, graph)
-            written.append(variant.model_name)
+            written.append(model.name)
     return written
-
-
-def _with_batch_dim(specs: Sequence[TensorSpec], max_batch_size: int) -> list[TensorSpec]:
-    """Manifest dims exclude the batch dimension; without batching Triton wants it in dims.
-
-    The graphs keep their batch dimension either way, and the gateway always sends one.
-    """
-    if max_batch_size > 0:
-        return list(specs)
-    return [spec.model_copy(update={"dims": [-1, *spec.dims]}) for spec in specs]

@@ -2,20 +2,28 @@
 
 A backend runs tensor-level graphs only; task code (decoding, features, decode loops) stays
 in the data plane, so the embedded ONNX Runtime backend and a Triton backend are
-interchangeable. Everything is async so a network backend fits the same shape.
+interchangeable. A request runs under a *lease* on a variant where it is resident: the
+embedded backend holds every loaded variant and leases at once; a Triton backend with a
+GPU-memory budget decides residency itself and may make a request wait for a load.
+
+Graphs run from the data plane's worker threads through :meth:`Backend.graph_runner`: the
+embedded backend calls its session directly in that thread, a network backend hands the
+call to its event loop and waits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from gateway.errors import BackendTimeoutError
 from gateway.tasks.base import Tensor
 
-GRAPH_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
-"""Graph file name in a version directory, per manifest ``runtime``."""
+GraphRunner = Callable[[Mapping[str, Tensor], float | None], Mapping[str, Tensor]]
+"""Runs one graph once from a worker thread: ``(inputs, timeout_s) -> outputs``."""
 
 
 @dataclass(frozen=True)
@@ -41,48 +49,13 @@ class ModelRef:
     gpu_memory_bytes: int = 0
 
 
-class Backend(Protocol):
-    """Loads graphs and runs them on named tensors.
-
-    Implementations raise the gateway's errors: ``CapacityExhaustedError`` when a queue is
-    full, ``BackendTimeoutError`` when ``timeout_s`` passes, ``VariantUnavailableError``
-    for a ref that is not loaded. Anything else is a bug surfacing as INTERNAL.
-    """
-
-    async def load(self, ref: ModelRef) -> None:
-        """Make ``ref`` runnable; raises ``VariantUnavailableError`` if it cannot load."""
-        ...
-
-    async def unload(self, ref: ModelRef) -> None:
-        """Release ``ref``; graph runs already queued still finish."""
-        ...
-
-    def is_ready(self, ref: ModelRef) -> bool:
-        """Whether ``ref`` is loaded and accepting runs."""
-        ...
-
-    def queue_depth(self, ref: ModelRef) -> int:
-        """Graph runs of ``ref`` waiting to execute (not counting those executing)."""
-        ...
-
-    async def run(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None = None
-    ) -> dict[str, Tensor]:
-        """Run the graph once on ``inputs`` (batch dimension first); returns its outputs."""
-        ...
-
-    async def close(self) -> None:
-        """Unload everything and stop worker threads."""
-        ...
-
-
 @dataclass(eq=False)
 class Lease:
     """A request's claim on a variant where it is resident; it is not unloaded while held.
 
     Attributes:
         ref: The variant the request runs on.
-        holder: Where it is resident (a server's address), or "" for a fallback backend.
+        holder: Where it is resident (a server's address), or "" for an in-process backend.
     """
 
     ref: ModelRef
@@ -90,20 +63,44 @@ class Lease:
 
 
 @runtime_checkable
-class PlacingBackend(Backend, Protocol):
-    """A backend that decides itself which variants are resident.
+class Backend(Protocol):
+    """Loads graphs, leases them to requests and runs them on named tensors.
 
-    E.g. Triton servers within a GPU-memory budget: the data plane reports demand and runs
-    requests under leases. ``load`` makes a variant *servable* (known, loadable); whether
-    it is *resident* now is the backend's choice, driven by ``note_demand``.
+    Implementations raise the gateway's errors: ``CapacityExhaustedError`` when a queue is
+    full, ``BackendTimeoutError`` when ``timeout_s`` passes, ``VariantUnavailableError``
+    for a ref that is not loaded. Anything else is a bug surfacing as INTERNAL.
     """
 
-    def can_hold(self, ref: ModelRef) -> bool:
-        """Whether ``ref`` could ever be resident (it fits a server's budget, or a fallback)."""
+    runs_in_caller: bool
+    """Whether graph runners compute in the calling thread (so a cheap task may run on the
+    event loop itself); False when they hand each call to the event loop."""
+
+    async def start(self) -> None:
+        """Connect to whatever runs the graphs (on the loop that will use the backend)."""
+        ...
+
+    async def load(self, ref: ModelRef) -> None:
+        """Make ``ref`` servable; raises ``VariantUnavailableError`` if it cannot load."""
+        ...
+
+    async def unload(self, ref: ModelRef) -> None:
+        """Release ``ref``; graph runs already started still finish."""
+        ...
+
+    def is_ready(self, ref: ModelRef) -> bool:
+        """Whether ``ref`` is loaded and accepting runs."""
         ...
 
     def is_serving(self) -> bool:
-        """Whether anything can run requests now (a healthy server or a fallback)."""
+        """Whether anything can run requests now."""
+        ...
+
+    def queue_depth(self, ref: ModelRef) -> int:
+        """Graph runs of ``ref`` waiting inside the backend (e.g. a Triton server's queue)."""
+        ...
+
+    def can_hold(self, ref: ModelRef) -> bool:
+        """Whether ``ref`` could ever be resident (e.g. it fits a server's memory budget)."""
         ...
 
     def note_demand(self, ref: ModelRef) -> None:
@@ -125,8 +122,43 @@ class PlacingBackend(Backend, Protocol):
         """End a lease taken by :meth:`acquire`."""
         ...
 
-    async def run_leased(
-        self, lease: Lease, inputs: Mapping[str, Tensor], timeout_s: float | None = None
-    ) -> dict[str, Tensor]:
-        """Like ``run``, preferring the lease's holder (and failing over as ``run`` does)."""
+    def graph_runner(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> GraphRunner:
+        """A callable running the lease's graph from a worker thread (``loop`` serves it)."""
         ...
+
+    async def run(
+        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None = None
+    ) -> dict[str, Tensor]:
+        """Run the graph once on ``inputs`` (batch dimension first) from the event loop."""
+        ...
+
+    async def close(self) -> None:
+        """Unload everything and stop background work."""
+        ...
+
+
+def loop_runner(
+    run_leased: Callable[
+        [Lease, Mapping[str, Tensor], float | None], Coroutine[Any, Any, dict[str, Tensor]]
+    ],
+    lease: Lease,
+    loop: asyncio.AbstractEventLoop,
+) -> GraphRunner:
+    """A ``GraphRunner`` for a backend whose runs are coroutines on ``loop``.
+
+    The worker thread hands each call to the loop and blocks until it answers; the backend
+    enforces ``timeout_s`` itself, the margin here only guards a lost reply.
+    """
+
+    def run(inputs: Mapping[str, Tensor], timeout_s: float | None) -> Mapping[str, Tensor]:
+        future = asyncio.run_coroutine_threadsafe(run_leased(lease, inputs, timeout_s), loop)
+        try:
+            result: Mapping[str, Tensor] = future.result(
+                None if timeout_s is None else timeout_s + 1.0
+            )
+        except TimeoutError:
+            future.cancel()
+            raise BackendTimeoutError(f"{lease.ref.model_name}: no answer in time") from None
+        return result
+
+    return run

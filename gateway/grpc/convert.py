@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.dataplane import IndexEntry, ModelMetadata
 from gateway.errors import InvalidRequestError
+from gateway.layout import config_datatype
 from gateway.limits import DEFAULT_LIMITS, Limits
 from gateway.taskio import TensorInfo
 from gateway.tensors import NUMPY_DTYPES, check_shape, element_count, from_raw, to_raw
@@ -172,10 +173,6 @@ def metadata_response(metadata: ModelMetadata) -> service_pb2.ModelMetadataRespo
     )
 
 
-def _config_type(datatype: str) -> str:
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
-
-
 def model_config(metadata: ModelMetadata) -> model_config_pb2.ModelConfig:
     """The task-level ``ModelConfig`` of a family or variant, validated by the real proto.
 
@@ -185,7 +182,7 @@ def model_config(metadata: ModelMetadata) -> model_config_pb2.ModelConfig:
 
     def tensors(infos: tuple[TensorInfo, ...]) -> list[dict[str, Any]]:
         return [
-            {"name": i.name, "data_type": _config_type(i.datatype), "dims": list(i.shape)}
+            {"name": i.name, "data_type": config_datatype(i.datatype), "dims": list(i.shape)}
             for i in infos
         ]
 

@@ -6,7 +6,6 @@ error table; anything else is logged and aborts INTERNAL with a generic message.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -20,16 +19,7 @@ from gateway.grpc import convert
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "variant-gateway"
 T = TypeVar("T")
-
-
-def server_version() -> str:
-    """The installed package version (``0.0.0`` when run from an uninstalled tree)."""
-    try:
-        return importlib.metadata.version(SERVER_NAME)
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def call_headers(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -82,8 +72,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         request: service_pb2.ServerMetadataRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> service_pb2.ServerMetadataResponse:
-        """Server name and version."""
-        return service_pb2.ServerMetadataResponse(name=SERVER_NAME, version=server_version())
+        """Server name, version and the protocol extensions it supports."""
+        info = self.dataplane.info
+        return service_pb2.ServerMetadataResponse(
+            name=info.name, version=info.version, extensions=list(info.extensions)
+        )
 
     async def ModelReady(  # noqa: N802
         self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -143,12 +136,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(  # noqa: N802
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> service_pb2.ModelInferResponse:
-        """Route and run one request; the chosen variant also goes out as initial metadata."""
+        """Route and run one request; the chosen variant also goes out as trailing metadata.
+
+        Trailing, not initial: it travels with the status, while initial metadata sent on
+        its own is one more operation (and wake-up) per call.
+        """
 
         async def call() -> service_pb2.ModelInferResponse:
             message = await self._infer(request, context)
             params = message.parameters
-            await context.send_initial_metadata(
+            context.set_trailing_metadata(
                 (
                     ("x-variant", params["variant"].string_param),
                     ("x-selection-reason", params["selection_reason"].string_param),

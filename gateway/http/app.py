@@ -22,7 +22,6 @@ from gateway.config import GatewaySettings
 from gateway.dataplane import DataPlane, ModelMetadata
 from gateway.errors import GatewayError, InvalidRequestError, PayloadTooLargeError, status_of
 from gateway.grpc.convert import model_config
-from gateway.grpc.servicer import SERVER_NAME, server_version
 from gateway.http import convert
 from gateway.metrics import GatewayMetrics
 
@@ -135,7 +134,7 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
     """Build the HTTP application over a data plane."""
     app = FastAPI(
         title="variant-gateway",
-        version=server_version(),
+        version=dataplane.info.version,
         description="KServe v2 inference that routes each request to the size variant "
         "fitting its budgets. Budgets: parameters latency_budget_ms, gpu_memory_budget_mb, "
         "min_accuracy or headers x-latency-budget-ms, x-gpu-memory-budget-mb, x-min-accuracy.",
@@ -145,12 +144,9 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
 
     @app.get("/v2", response_model=ServerMetadataBody, tags=["server"])
     async def server_metadata() -> dict[str, Any]:
-        """Server name and version."""
-        return {
-            "name": SERVER_NAME,
-            "version": server_version(),
-            "extensions": ["binary_tensor_data"],
-        }
+        """Server name, version and the protocol extensions it supports."""
+        info = dataplane.info
+        return {"name": info.name, "version": info.version, "extensions": list(info.extensions)}
 
     @app.get("/v2/health/live", tags=["server"])
     async def live() -> Response:

@@ -18,6 +18,23 @@ The embedded ONNX Runtime backend and the Triton backend each provide one, so th
 never knows which runtime served it.
 """
 
+MAIN_GRAPH = "model"
+"""The name of a variant's graph when it has only one."""
+
+
+class RunGraphs(Protocol):
+    """Runs one of a variant's named graphs; a :data:`RunGraph` for tasks with one graph.
+
+    What the data plane hands every task: single-graph tasks call it with the inputs only,
+    tasks whose variants have several graphs (an encoder and a decoder step) name them.
+    """
+
+    def __call__(
+        self, inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
+    ) -> Mapping[str, Tensor]:
+        """Run ``graph`` once on ``inputs``."""
+        ...
+
 
 class Task(Protocol):
     """Task-level I/O for one family: items in, results out, through a graph runner."""

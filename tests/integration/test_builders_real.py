@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from builders.build import artifact_path
 from builders.optimize.quantize import INT8_OP_TYPES, op_types
-from builders.repository import parse_config
 from builders.triton.flavour import write_python_flavour
+from builders.triton.model_config import parse_config
 from builders.triton.server import TritonServer
 from builders.zoo.registry import get_family
 from gateway.manifest import find_manifests, load_manifest
@@ -57,7 +56,7 @@ def test_recorded_metrics_are_reproduced_from_artifacts(
     family = get_family(family_name)
     manifest = load_manifest(quick_repository / f"{family_name}.manifest.json")
     for variant in manifest.published():
-        graph = artifact_path(quick_repository, variant)
+        graph = variant.graph_path(quick_repository)
         config = parse_config((graph.parent.parent / "config.pbtxt").read_text())
         assert config.name == variant.model_name and config.backend == "onnxruntime"
         metrics = family.evaluate(onnx_graph_runner(graph), EVAL_LIMIT[family_name])
@@ -77,7 +76,7 @@ def test_pruned_are_smaller_and_int8_is_quantized(quick_repository: Path, family
     for v in (int8, pruned_int8):
         assert v.precision == "int8"
         if v.status == "published":
-            assert op_types(artifact_path(quick_repository, v)) & INT8_OP_TYPES
+            assert op_types(v.graph_path(quick_repository)) & INT8_OP_TYPES
 
 
 def test_python_flavour_loads_in_real_triton(quick_repository: Path, tmp_path: Path) -> None:
@@ -95,7 +94,7 @@ def test_python_flavour_loads_in_real_triton(quick_repository: Path, tmp_path: P
             variant = manifest.variant("int8")
             if variant.status != "published":
                 variant = manifest.variant("fp32")
-            expected = onnx_graph_runner(artifact_path(quick_repository, variant))(feeds)
+            expected = onnx_graph_runner(variant.graph_path(quick_repository))(feeds)
             inputs = []
             for key, value in feeds.items():
                 tensor = grpcclient.InferInput(key, list(value.shape), _dtype(value))

@@ -1,13 +1,14 @@
-"""The embedded ONNX Runtime backend on real graphs: batching, queues, deadlines, loading."""
+"""The embedded ONNX Runtime backend on real graphs: leases, runners, loading, unloading."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from repo_fixture import image_graph, speech_graph
+from repo_fixture import image_graph
 
 from gateway.backends.base import ModelRef
 from gateway.backends.embedded import EmbeddedBackend
@@ -24,87 +25,40 @@ def _images(value: float, rows: int = 1) -> dict[str, np.ndarray]:
     return {"images": np.full((rows, 1, 8, 8), value, np.float32)}
 
 
-async def test_concurrent_runs_are_batched_and_split(tmp_path):
+async def test_runner_runs_the_session_in_the_calling_thread(tmp_path):
     graph = image_graph()
     ref = _ref(tmp_path, graph)
-    batches: list[int] = []
-    backend = EmbeddedBackend(variant_concurrency=1, on_batch=lambda r, rows: batches.append(rows))
+    rows: list[int] = []
+    backend = EmbeddedBackend(on_batch=lambda r, n: rows.append(n))
     await backend.load(ref)
-    try:
-        inputs = [_images(v, rows=1 + v % 2) for v in range(6)]
-        outputs = await asyncio.gather(*(backend.run(ref, x) for x in inputs))
-    finally:
-        await backend.close()
+    lease = await backend.acquire([ref], 1.0)
+    runner = backend.graph_runner(lease, asyncio.get_running_loop())
+    threads: list[str] = []
+
+    def call() -> dict:
+        threads.append(threading.current_thread().name)
+        return dict(runner(_images(3, rows=2), 10.0))
+
+    out = await asyncio.to_thread(call)
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    for x, out in zip(inputs, outputs, strict=True):
-        np.testing.assert_allclose(out["logits"], session.run(None, x)[0], rtol=1e-6)
-    # 9 rows in runs of 1,2,1,2,1,2: the first batch takes what fits under 8 rows (7), in order.
-    assert batches == [7, 2]
+    np.testing.assert_allclose(out["logits"], session.run(None, _images(3, rows=2))[0], rtol=1e-6)
+    assert threads and threads[0] != threading.main_thread().name
+    assert rows == [2]
+    with pytest.raises(BackendTimeoutError):
+        runner(_images(0), 0.0)  # a deadline already passed never reaches the session
+    assert rows == [2]
+    await backend.close()
 
 
-async def test_different_shapes_are_not_batched(tmp_path):
-    ref = _ref(tmp_path, speech_graph())
-    batches: list[int] = []
-    backend = EmbeddedBackend(variant_concurrency=1, on_batch=lambda r, rows: batches.append(rows))
-    await backend.load(ref)
-    try:
-        short = {"features": np.zeros((1, 10, 80), np.float32)}
-        long = {"features": np.zeros((1, 30, 80), np.float32)}
-        out = await asyncio.gather(
-            backend.run(ref, short), backend.run(ref, long), backend.run(ref, short)
-        )
-    finally:
-        await backend.close()
-    assert [o["log_probs"].shape[1] for o in out] == [5, 15, 5]
-    assert sorted(batches) == [1, 2]
-
-
-async def test_unbatched_graph_runs_one_by_one(tmp_path):
-    ref = _ref(tmp_path, image_graph(), max_batch_size=0)
-    batches: list[int] = []
-    backend = EmbeddedBackend(variant_concurrency=1, on_batch=lambda r, rows: batches.append(rows))
-    await backend.load(ref)
-    try:
-        await asyncio.gather(*(backend.run(ref, _images(v)) for v in range(3)))
-    finally:
-        await backend.close()
-    assert batches == [1, 1, 1]
-
-
-async def test_full_queue_refuses_at_once(tmp_path):
-    ref = _ref(tmp_path, image_graph(heavy_rows=64, heavy_layers=4), max_batch_size=0)
-    backend = EmbeddedBackend(variant_concurrency=1, max_queue=2)
-    await backend.load(ref)
-    try:
-        results = await asyncio.gather(
-            *(backend.run(ref, _images(v)) for v in range(4)), return_exceptions=True
-        )
-    finally:
-        await backend.close()
-    assert [type(r).__name__ for r in results] == [
-        "dict",
-        "dict",
-        "CapacityExhaustedError",
-        "CapacityExhaustedError",
-    ]
-    assert "queue full" in str(results[2])
-
-
-async def test_deadline_and_dropped_runs(tmp_path):
-    ref = _ref(tmp_path, image_graph(heavy_rows=256, heavy_layers=20), max_batch_size=0)
-    batches: list[int] = []
-    backend = EmbeddedBackend(variant_concurrency=1, on_batch=lambda r, rows: batches.append(rows))
-    await backend.load(ref)
-    try:
-        first = asyncio.ensure_future(backend.run(ref, _images(0)))
-        await asyncio.sleep(0.01)  # the worker has taken the first run
-        with pytest.raises(BackendTimeoutError):
-            await backend.run(ref, _images(1), timeout_s=0.01)
-        await first
-        await asyncio.sleep(0.05)
-    finally:
-        await backend.close()
-    assert batches == [1]  # the expired run never reached the session
+async def test_a_lease_is_the_first_loaded_ref(tmp_path):
+    backend = EmbeddedBackend()
+    a, b = _ref(tmp_path, image_graph(), "a__fp32"), _ref(tmp_path, image_graph(), "b__fp32")
+    await backend.load(b)
+    lease = await backend.acquire([a, b], 1.0)
+    assert (lease.ref, lease.holder) == (b, "")
+    with pytest.raises(VariantUnavailableError, match="a__fp32 not loaded"):
+        await backend.acquire([a], 1.0)
+    await backend.close()
 
 
 async def test_load_failures_and_unload(tmp_path):
@@ -115,7 +69,19 @@ async def test_load_failures_and_unload(tmp_path):
     good = _ref(tmp_path, image_graph())
     await backend.load(good)
     assert backend.is_ready(good) and not backend.is_ready(bad)
+    runner = backend.graph_runner(await backend.acquire([good], 1.0), asyncio.get_running_loop())
     await backend.unload(good)
+    # A request that holds the variant finishes on it; new ones cannot lease it.
+    assert runner(_images(0), 10.0)["logits"].shape == (1, 10)
     with pytest.raises(VariantUnavailableError, match="not loaded"):
         await backend.run(good, _images(0))
+    await backend.close()
+
+
+async def test_run_from_the_loop_for_a_fallback(tmp_path):
+    ref = _ref(tmp_path, image_graph())
+    backend = EmbeddedBackend()
+    await backend.load(ref)
+    out = await backend.run(ref, _images(16), timeout_s=10)
+    assert out["logits"].shape == (1, 10)
     await backend.close()

@@ -96,7 +96,7 @@ def test_requested_outputs_only(wire):
     assert list(result.outputs) == ["scores"]
 
 
-def test_grpc_initial_metadata_names_the_variant(gw):
+def test_grpc_trailing_metadata_names_the_variant(gw):
     with grpc.insecure_channel(gw.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = service_pb2.ModelInferRequest(model_name="digits")
@@ -105,7 +105,7 @@ def test_grpc_initial_metadata_names_the_variant(gw):
         response, call = stub.ModelInfer.with_call(
             request, metadata=[("x-latency-budget-ms", "15")]
         )
-    metadata = dict(call.initial_metadata())
+    metadata = dict(call.trailing_metadata())
     assert metadata["x-variant"] == "fp16"
     assert metadata["x-selection-reason"] == "latency-budget"
     assert response.parameters["served_model"].string_param == "digits__fp16"

@@ -20,7 +20,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from wire import PROTOCOLS, Wire, objects, wav
 
-from builders.build import artifact_path
 from builders.zoo.digits import data as digits_data
 from builders.zoo.registry import get_family
 from builders.zoo.speech import corpus
@@ -55,7 +54,7 @@ def in_process(repository: Path, family_name: str, items: list[Any]) -> list[Any
     family = get_family(family_name)
     fp32 = load_manifest(repository / f"{family_name}.manifest.json").variant("fp32")
     task = family.make_task(family.assets_dir)
-    return list(task.run(items, onnx_graph_runner(artifact_path(repository, fp32))))
+    return list(task.run(items, onnx_graph_runner(fp32.graph_path(repository))))
 
 
 def texts(array: np.ndarray) -> list[str]:

@@ -51,7 +51,6 @@ GATEWAY_SETTINGS: dict[str, Any] = {
     "observed_weight": 0.0,
     "max_in_flight_per_variant": 1,
     "task_threads": 4,
-    "inference_threads": 2,
     "request_timeout_s": 60,
 }
 

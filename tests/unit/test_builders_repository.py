@@ -4,29 +4,27 @@ import pytest
 from google.protobuf import json_format
 
 from builders.pareto import Point, frontier
-from builders.repository import (
-    config_text,
-    new_staging_dir,
-    parse_config,
-    publish_family,
-    triton_config,
-)
+from builders.repository import new_staging_dir, publish_family
 from builders.spec import BuildSpec, ProfileSettings, pruned_name
+from builders.triton.model_config import TritonModel, config_text, model_config, parse_config
 from gateway.manifest import TensorSpec
 
 IMAGES = TensorSpec(name="images", datatype="FP32", dims=[3, 224, 224])
 LOGITS = TensorSpec(name="logits", datatype="FP32", dims=[1000])
 
 
-@pytest.mark.parametrize("flavour", ["onnxruntime", "tensorrt", "python"])
-def test_config_round_trips_through_triton_proto(flavour: str) -> None:
-    config = triton_config("vision__int8", flavour, [IMAGES], [LOGITS], 8)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("runtime", "flavour"), [("onnx", "production"), ("tensorrt", "production"), ("onnx", "python")]
+)
+def test_config_round_trips_through_triton_proto(runtime: str, flavour: str) -> None:
+    model = TritonModel("vision__int8", runtime, (IMAGES,), (LOGITS,), 8)  # type: ignore[arg-type]
+    config = model_config(model, flavour)  # type: ignore[arg-type]
     parsed = parse_config(config_text(config))
     assert parsed == config
     assert parsed.max_batch_size == 8
     assert list(parsed.input[0].dims) == [3, 224, 224]
     assert parsed.dynamic_batching.max_queue_delay_microseconds > 0
-    if flavour == "tensorrt":
+    if runtime == "tensorrt":
         assert parsed.platform == "tensorrt_plan"
     else:
         assert parsed.backend == ("python" if flavour == "python" else "onnxruntime")
@@ -36,7 +34,7 @@ def test_invalid_config_fails_at_build_time() -> None:
     with pytest.raises(json_format.ParseError):
         json_format.ParseDict(
             {"name": "x", "max_batch_sise": 1},
-            type(triton_config("x", "onnxruntime", [IMAGES], [LOGITS], 1))(),
+            type(model_config(TritonModel("x", "onnx", (IMAGES,), (LOGITS,), 1)))(),
         )
     with pytest.raises(Exception, match="unknown_field"):
         parse_config('name: "x"\nunknown_field: 3\n')

@@ -1,86 +1,98 @@
-"""Live statistics with an injected clock."""
+"""Service-time models (profile fit, size scaling, online correction) and live load."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.routing.live import LiveStats, VariantLive, percentile
+from gateway.manifest import LatencyPoint, SizePoint
+from gateway.routing.live import LiveLoad
+from gateway.routing.service_time import ServiceModel, fit_profile
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+def point(batch: int, p50_s: float, concurrency: int = 1) -> LatencyPoint:
+    return LatencyPoint(
+        batch_size=batch,
+        concurrency=concurrency,
+        runs=10,
+        p50_s=p50_s,
+        p95_s=p50_s * 1.5,
+        p99_s=p50_s * 2,
+        throughput_per_s=batch / p50_s,
+    )
 
-    def __call__(self) -> float:
-        return self.now
+
+def test_fit_is_fixed_plus_per_row_with_the_profiles_tail():
+    fit = fit_profile([point(1, 0.012), point(4, 0.030), point(8, 0.054), point(1, 0.05, 4)])
+    assert fit is not None
+    assert fit.fixed_s == pytest.approx(0.006)
+    assert fit.per_row_s == pytest.approx(0.006)
+    assert fit.p50_s(2) == pytest.approx(0.018)
+    assert fit.p95_s(1) == pytest.approx(0.018)  # the batch-1 tail ratio, 1.5
 
 
-def test_in_flight_and_window_percentiles():
-    clock = Clock()
-    live = LiveStats(window_s=10.0, clock=clock)
+def test_single_point_scales_in_proportion_and_no_profile_is_none():
+    fit = fit_profile([point(1, 0.010)])
+    assert fit is not None
+    assert fit.p50_s(3) == pytest.approx(0.030)
+    assert fit_profile([]) is None
+    assert fit_profile([point(1, 0.01, concurrency=2)]) is None
+
+
+def test_a_fit_never_predicts_a_negative_fixed_cost():
+    fit = fit_profile([point(1, 0.001), point(8, 0.040)])
+    assert fit is not None
+    assert fit.fixed_s >= 0
+    assert fit.p50_s(1) > 0
+
+
+def test_size_scales_the_per_row_cost():
+    # Latency grows 2 ms per second of audio over a 1 ms fixed part; profiled items are 4 s.
+    sizes = [
+        SizePoint(size=s, runs=5, p50_s=0.001 + 0.002 * s, p95_s=0.0015 + 0.003 * s)
+        for s in (1.0, 4.0, 8.0)
+    ]
+    fit = fit_profile([point(1, 0.009)], sizes, mean_size=4.0)
+    assert fit is not None
+    assert fit.p50_s(1, 4.0) == pytest.approx(0.009)
+    assert fit.p50_s(1, 8.0) == pytest.approx(0.017)
+    assert fit.p50_s(1, 1.0) == pytest.approx(0.003)
+    assert fit.p50_s(1) == pytest.approx(0.009)  # size unknown: a profiled-size item
+
+
+def test_observations_correct_the_profile_by_weight_and_samples():
+    fit = fit_profile([point(1, 0.010)])
+    model = ServiceModel(fit, observed_weight=0.5, min_samples=4)
+    assert model.p50_s(1) == pytest.approx(0.010)
+    model.observe(1, None, 0.030)  # 3x slower, one sample of four
+    assert model.correction() == pytest.approx(1 + 0.5 * 2 * 0.25)
+    for _ in range(3):
+        model.observe(1, None, 0.030)
+    assert model.p50_s(1) == pytest.approx(0.020)  # half of the way to 3x
+
+
+def test_outliers_are_bounded_and_zero_weight_ignores_observations():
+    fit = fit_profile([point(1, 0.010)])
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=1)
+    model.observe(1, None, 100.0)
+    assert model.correction() == pytest.approx(10.0)
+    blind = ServiceModel(fit, observed_weight=0.0, min_samples=1)
+    blind.observe(1, None, 100.0)
+    assert blind.p50_s(1) == pytest.approx(0.010)
+
+
+def test_without_a_profile_the_model_learns_per_row_time():
+    model = ServiceModel(None, observed_weight=1.0, min_samples=1)
+    assert model.p50_s(2) == 0.0
+    model.observe(2, None, 0.040)
+    assert model.p50_s(1) == pytest.approx(0.020)
+
+
+def test_live_load_counts_per_variant_and_in_all():
+    live = LiveLoad()
     live.begin("a")
     live.begin("a")
-    assert live.in_flight("a") == 2
-    for latency_ms in range(1, 101):
-        live.begin("a")
-        live.end("a", latency_ms / 1000)
-    live.end("a", 0.5)
-    snap = live.snapshot(["a", "b"], {"a": 3})["a"]
-    assert snap.in_flight == 1
-    assert snap.queue_depth == 3
-    assert snap.samples == 101
-    assert snap.latency_p50_s == pytest.approx(0.051)
-    assert snap.latency_p95_s == pytest.approx(0.096)
-    assert snap.last_sample_s == clock.now
-    assert snap.error_rate == 0.0
-
-
-def test_unknown_key_is_idle_with_its_queue():
-    live = LiveStats(window_s=1.0, clock=Clock())
-    assert live.snapshot(["x"], {"x": 2})["x"] == VariantLive(queue_depth=2)
-
-
-def test_old_samples_leave_the_window():
-    clock = Clock()
-    live = LiveStats(window_s=5.0, clock=clock)
-    live.begin("a")
-    live.end("a", 1.0)
-    clock.now += 3
-    live.begin("a")
-    live.end("a", 0.1)
-    assert live.snapshot(["a"])["a"].samples == 2
-    clock.now += 3  # the first sample is now 6 s old
-    snap = live.snapshot(["a"])["a"]
-    assert (snap.samples, snap.latency_p95_s) == (1, pytest.approx(0.1))
-    clock.now += 10
-    assert live.snapshot(["a"])["a"] == VariantLive()
-
-
-def test_errors_count_toward_the_rate_not_the_latency():
-    live = LiveStats(window_s=10.0, clock=Clock())
-    for ok in (True, True, False, False):
-        live.begin("a")
-        live.end("a", 5.0 if not ok else 0.01, ok=ok)
-    snap = live.snapshot(["a"])["a"]
-    assert snap.error_rate == 0.5
-    assert snap.latency_p95_s == pytest.approx(0.01)
-
-
-def test_end_without_latency_records_no_sample():
-    live = LiveStats(window_s=10.0, clock=Clock())
-    live.begin("a")
-    live.end("a", None)
-    assert live.snapshot(["a"])["a"] == VariantLive()
-
-
-def test_window_must_be_positive():
-    with pytest.raises(ValueError):
-        LiveStats(window_s=0)
-
-
-@pytest.mark.parametrize("q", [0, 25, 50, 95, 99, 100])
-def test_percentile_matches_numpy(q):
-    import numpy as np
-
-    values = sorted(np.random.default_rng(0).random(37).tolist())
-    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    live.begin("b")
+    live.end("a")
+    assert (live.in_flight("a"), live.in_flight("b"), live.total) == (1, 1, 2)
+    live.end("x")  # never negative
+    assert live.in_flight("x") == 0

@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
-from gateway.backends.base import PlacingBackend
+from gateway.backends.base import Backend
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.backends.triton import (
     ModelCounters,
@@ -151,10 +151,11 @@ def test_idle_variants_go_before_busy_ones() -> None:
     assert plan.evict == ("idle",)
 
 
-def test_the_triton_backend_places_variants_itself() -> None:
+def test_both_backends_speak_one_protocol() -> None:
     backend = TritonBackend(["127.0.0.1:1"], gpu_memory_budget_bytes=64 * MB)
-    assert isinstance(backend, PlacingBackend)
-    assert not isinstance(EmbeddedBackend(), PlacingBackend)
+    assert isinstance(backend, Backend) and isinstance(EmbeddedBackend(), Backend)
+    # Only the embedded backend computes in the caller's thread (so tasks may run inline).
+    assert not backend.runs_in_caller and EmbeddedBackend().runs_in_caller
     with pytest.raises(ValueError, match="explicit model control"):
         TritonBackend(["127.0.0.1:1"], explicit_model_control=False, gpu_memory_budget_bytes=1)
     with pytest.raises(ValueError, match="one metrics URL per server"):

@@ -1,0 +1,187 @@
+"""Where a request runs: leases, the least busy replica, failover, the embedded fallback.
+
+A request runs on the least busy healthy server holding its variant, its deadline carried as
+the gRPC deadline. When that server goes down mid-call, or Triton says the variant is no
+longer loaded, the run moves to another replica (or is loaded again, or runs on the fallback
+backend) within the same deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from tritonclient.utils import InferenceServerException
+
+from gateway.backends.base import Backend, Lease, ModelRef
+from gateway.backends.triton.errors import (
+    NOT_LOADED,
+    SERVER_DOWN,
+    ServerDownError,
+    describe,
+    status_of,
+    to_gateway_error,
+)
+from gateway.backends.triton.fleet import Fleet
+from gateway.backends.triton.health import HealthMonitor
+from gateway.backends.triton.placement import PlacementController
+from gateway.backends.triton.replica import Replica
+from gateway.backends.triton.telemetry import FALLBACK, TritonTelemetry
+from gateway.errors import BackendTimeoutError, VariantUnavailableError
+from gateway.tasks.base import Tensor
+
+
+class Scheduler:
+    """Leases variants where they are resident and runs graphs with failover."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        placement: PlacementController,
+        health: HealthMonitor,
+        telemetry: TritonTelemetry,
+        fallback: Backend | None,
+        default_timeout_s: float,
+    ) -> None:
+        """Schedule onto ``fleet``; ``fallback`` (if any) serves when no server can.
+
+        ``default_timeout_s`` bounds a run that carries no deadline of its own.
+        """
+        self.fleet = fleet
+        self.placement = placement
+        self.health = health
+        self.telemetry = telemetry
+        self.fallback = fallback
+        self.default_timeout_s = default_timeout_s
+
+    def fallback_ready(self, ref: ModelRef) -> bool:
+        """Whether the fallback backend can run ``ref`` now."""
+        return self.fallback is not None and self.fallback.is_ready(ref)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def acquire(self, refs: Sequence[ModelRef], timeout_s: float) -> Lease:
+        """Lease the first resident of ``refs``, loading one if none is (see the protocol)."""
+        if not refs:
+            raise ValueError("acquire needs at least one variant")
+        deadline = self.fleet.clock() + timeout_s
+        while True:
+            for ref in refs:
+                replica = self.fleet.least_busy(ref.model_name)
+                if replica is not None:
+                    replica.lease(ref.model_name)
+                    return Lease(ref, replica.url)
+            placing = self.placement.place_urgent(refs)
+            if self.fallback_ready(refs[0]):
+                return Lease(refs[0], "")
+            names = ", ".join(r.model_name for r in refs)
+            if not self.fleet.any_healthy():
+                errors = "; ".join(f"{r.url}: {r.last_error}" for r in self.fleet)
+                raise VariantUnavailableError(f"no Triton server is healthy ({errors})")
+            if not placing and (error := self.placement.load_error(refs)) is not None:
+                raise VariantUnavailableError(f"cannot load {names} on Triton: {error}")
+            if not self.placement.explicit:
+                raise VariantUnavailableError(f"no Triton server has {names} ready")
+            remaining = deadline - self.fleet.clock()
+            if remaining <= 0:
+                raise BackendTimeoutError(
+                    f"none of {names} was loaded on Triton within the request's deadline"
+                )
+            await self.fleet.wait_change(remaining)
+
+    def release(self, lease: Lease) -> None:
+        """End ``lease``; a variant waiting to be evicted may go once its last lease ends."""
+        replica = self.fleet.get(lease.holder)
+        if replica is not None and replica.release(lease.ref.model_name):
+            self.fleet.nudge()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def _pick(self, name: str, tried: set[str], prefer: str) -> Replica | None:
+        preferred = self.fleet.get(prefer)
+        if (
+            preferred is not None
+            and preferred.healthy
+            and preferred.url not in tried
+            and preferred.runs(name)
+        ):
+            return preferred
+        return self.fleet.least_busy(name, skip=frozenset(tried))
+
+    async def run(
+        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None, prefer: str
+    ) -> dict[str, Tensor]:
+        """Run on ``prefer`` while it serves ``ref``, else the least busy replica, failing over.
+
+        Raises:
+            BackendTimeoutError: The deadline passed before a run succeeded.
+            VariantUnavailableError: No server holds ``ref`` and none can load it.
+        """
+        name = ref.model_name
+        clock = self.fleet.clock
+        deadline = clock() + (self.default_timeout_s if timeout_s is None else timeout_s)
+        tried: set[str] = set()
+        last: Exception | None = None
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise BackendTimeoutError(f"the deadline passed before {name} ran") from last
+            replica = self._pick(name, tried, prefer)
+            if replica is None:
+                if self.fallback_ready(ref):
+                    return await self._run_fallback(ref, inputs, remaining)
+                # Nothing holds it now (a server died, or it was evicted between two graph
+                # calls of this request): load it again if any server is up, within the
+                # deadline.
+                placing = self.placement.place_urgent([ref])
+                if (
+                    not self.placement.explicit
+                    or not self.fleet.any_healthy()
+                    or (not placing and self.placement.load_error([ref]) is not None)
+                ):
+                    raise last or VariantUnavailableError(f"no healthy Triton server holds {name}")
+                await self.fleet.wait_change(remaining)
+                tried.clear()
+                continue
+            tried.add(replica.url)
+            try:
+                outputs = await replica.infer(name, inputs, remaining, clock())
+            except ServerDownError:
+                last = VariantUnavailableError(f"Triton {replica.url} went down during {name}")
+                self.telemetry.run(replica.url, name, "failover")
+                continue
+            except InferenceServerException as exc:
+                last = self._failed(replica, name, exc)
+                if last is None:
+                    raise to_gateway_error(exc, name) from exc
+                continue
+            self.telemetry.run(replica.url, name, "ok")
+            return outputs
+
+    def _failed(
+        self, replica: Replica, name: str, exc: InferenceServerException
+    ) -> Exception | None:
+        """Act on a failed run: the error to fail over with, or None if it is final."""
+        status = status_of(exc)
+        if status in SERVER_DOWN:
+            self.health.mark_down(replica, describe(exc))
+        elif status in NOT_LOADED:
+            # Unloaded behind our back (another gateway, an operator): re-plan.
+            replica.lost(name)
+            self.placement.publish(replica)
+        else:
+            self.telemetry.run(replica.url, name, "error")
+            return None
+        self.telemetry.run(replica.url, name, "failover")
+        return to_gateway_error(exc, name)
+
+    async def _run_fallback(
+        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float
+    ) -> dict[str, Tensor]:
+        assert self.fallback is not None
+        try:
+            outputs = await self.fallback.run(ref, inputs, timeout_s)
+        except Exception:
+            self.telemetry.run(FALLBACK, ref.model_name, "error")
+            raise
+        self.telemetry.run(FALLBACK, ref.model_name, "ok")
+        return outputs

@@ -1,0 +1,355 @@
+"""Where requests' task code runs: worker threads over one earliest-deadline-first queue.
+
+A *job* is one request's task-level work on one variant (decoding, features, every graph
+call, post-processing). The event loop submits it and awaits its future; a worker thread
+takes the job due first plus every queued job that may share a task run with it (same
+key: same variant, lease and options; up to the graph's batch limit), runs the task once
+on all their items and hands the results back with one wake-up of the loop. So a request
+crosses threads twice (loop → worker → loop) whatever its task, and batches form from what
+is already waiting, never by holding a request back.
+
+Jobs run in order of their due time (their latency budget's end, else their deadline), so a
+request with a tight budget is not stuck behind unbudgeted heavy work; with one budget for
+all, that is arrival order. The pool is the unit of shared compute that admission reasons
+about: it knows the predicted service seconds of everything queued and running, so the
+data plane can predict when a new job would start (:meth:`TaskPool.stats`). A job with a
+hard deadline that can no longer finish in time when a worker reaches it is dropped unrun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import BackendTimeoutError, VariantUnavailableError
+from gateway.routing.live import Clock
+
+log = logging.getLogger(__name__)
+
+TaskRun = Callable[[list[Any]], list[Any]]
+"""Runs a task on items (in a worker thread) and returns one result per item."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's task work, as the pool sees it.
+
+    Attributes:
+        key: Jobs with equal keys may share one task run (same variant, lease, options).
+        items: Task-level items; results come back in the same order.
+        run: Runs the task on a list of items; every job with this key runs the same way.
+        cost_s: Predicted service seconds of this job alone, for the pool's work ahead.
+        max_rows: Most items one task run may take (the graph's batch limit, at least 1).
+        due_s: Clock time the answer is due; jobs due first run first.
+        start_by_s: Latest clock time the job may start and still finish within its budget;
+            None runs it whenever it is reached (a soft budget, or none).
+        future: Resolved on the event loop with the results or the error.
+        loop: The loop that awaits ``future``.
+        label: What the job is counted under in :meth:`TaskPool.queued` (its variant).
+        size: The items' total size (the family's size unit), for service-time learning.
+        observe: Told ``(rows, size, seconds)`` of each task run the job led, from the worker.
+    """
+
+    key: Hashable
+    items: list[Any]
+    run: TaskRun
+    cost_s: float
+    max_rows: int
+    due_s: float
+    start_by_s: float | None
+    future: asyncio.Future[list[Any]]
+    loop: asyncio.AbstractEventLoop
+    label: str = ""
+    size: float | None = None
+    observe: Callable[[int, float | None, float], None] | None = None
+    abandoned: bool = False
+    """Set on the loop when nobody waits for the result any more (timeout, cancellation)."""
+
+
+@dataclass
+class _Running:
+    cost_s: float
+    started_s: float
+
+
+Outcome = tuple[Job, list[Any] | None, BaseException | None]
+
+
+@dataclass
+class PoolStats:
+    """What the pool holds right now.
+
+    Attributes:
+        queued: Jobs waiting for a worker.
+        running: Task runs executing.
+        work_ahead_s: Predicted seconds of work queued plus the rest of what is running,
+            summed over jobs (divide by ``threads`` for the wait of a new job).
+        threads: Worker threads.
+    """
+
+    queued: int = 0
+    running: int = 0
+    work_ahead_s: float = 0.0
+    threads: int = 1
+
+
+@dataclass
+class _Queue:
+    """Jobs sorted by (due time, arrival); ``order`` holds those keys for bisection."""
+
+    jobs: list[Job] = field(default_factory=list)
+    order: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, job: Job, seq: int) -> None:
+        at = bisect.bisect(self.order, (job.due_s, seq))
+        self.order.insert(at, (job.due_s, seq))
+        self.jobs.insert(at, job)
+
+    def pop(self, index: int) -> Job:
+        del self.order[index]
+        return self.jobs.pop(index)
+
+    def cost_due_by(self, due_s: float) -> float:
+        """Predicted seconds of the queued jobs due no later than ``due_s``."""
+        end = bisect.bisect(self.order, (due_s, -1))
+        return sum(job.cost_s for job in self.jobs[:end] if not job.abandoned)
+
+
+class TaskPool:
+    """Worker threads running jobs in arrival order, batching jobs that share a key."""
+
+    def __init__(
+        self,
+        name: str,
+        threads: int,
+        *,
+        max_queue: int,
+        clock: Clock,
+    ) -> None:
+        """Start ``threads`` workers.
+
+        Args:
+            name: For thread names and messages.
+            threads: Workers, i.e. task runs executing at once.
+            max_queue: Jobs that may wait; :meth:`submit` refuses more.
+            clock: Monotonic seconds (deadlines, the work-ahead estimate).
+        """
+        self.name = name
+        self.threads = threads
+        self.max_queue = max_queue
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue = _Queue()
+        self._seq = itertools.count()
+        self._running: dict[int, _Running] = {}
+        self._closed = False
+        self._workers = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    # -- the loop's side -----------------------------------------------------------------
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job``; False when the queue is full or the pool is closed (not queued)."""
+        with self._cond:
+            if self._closed or len(self._queue.jobs) >= self.max_queue:
+                return False
+            self._queue.add(job, next(self._seq))
+            self._cond.notify()
+        return True
+
+    def has_queue(self) -> bool:
+        """Whether any job waits for a worker."""
+        return bool(self._queue.jobs)
+
+    def queued(self, label: str) -> int:
+        """Jobs labelled ``label`` waiting for a worker."""
+        with self._cond:
+            return sum(1 for job in self._queue.jobs if job.label == label)
+
+    def stats(self, due_s: float = float("inf")) -> PoolStats:
+        """Queue length, runs executing and the predicted work ahead of a job due at ``due_s``.
+
+        Work ahead is the rest of what is running plus what is queued and due no later.
+        """
+        now = self._clock()
+        with self._cond:
+            remaining = sum(
+                max(0.0, r.cost_s - (now - r.started_s)) for r in self._running.values()
+            )
+            return PoolStats(
+                queued=len(self._queue.jobs),
+                running=len(self._running),
+                work_ahead_s=self._queue.cost_due_by(due_s) + remaining,
+                threads=self.threads,
+            )
+
+    def close(self) -> None:
+        """Refuse new jobs, fail queued ones (UNAVAILABLE); running ones finish."""
+        with self._cond:
+            self._closed = True
+            dropped = list(self._queue.jobs)
+            self._queue = _Queue()
+            self._cond.notify_all()
+        _deliver_all(
+            [
+                (job, None, VariantUnavailableError("the gateway is shutting down"))
+                for job in dropped
+            ]
+        )
+
+    # -- the workers' side ---------------------------------------------------------------
+
+    def _take(self, now_s: float) -> tuple[list[Job], list[Outcome]]:
+        """Pop the job due first and the queued jobs that may join its run."""
+        queue = self._queue
+        dropped: list[Outcome] = []
+        while queue.jobs:
+            first = queue.pop(0)
+            if first.abandoned:
+                continue
+            if _is_late(first, now_s):
+                dropped.append((first, None, _late(first, now_s)))
+                continue
+            batch = [first]
+            rows = len(first.items)
+            i = 0
+            while rows < first.max_rows and i < len(queue.jobs):
+                job = queue.jobs[i]
+                fits = job.key == first.key and rows + len(job.items) <= first.max_rows
+                if fits and not job.abandoned and not _is_late(job, now_s):
+                    batch.append(queue.pop(i))
+                    rows += len(job.items)
+                else:
+                    i += 1
+            return batch, dropped
+        return [], dropped
+
+    def _work(self) -> None:
+        ident = threading.get_ident()
+        while True:
+            with self._cond:
+                while not self._queue.jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue.jobs:
+                    return
+                now_s = self._clock()
+                batch, dropped = self._take(now_s)
+                if batch:
+                    cost_s = sum(job.cost_s for job in batch)
+                    self._running[ident] = _Running(cost_s, now_s)
+            _deliver_all(dropped)
+            if not batch:
+                continue
+            try:
+                outcomes, seconds = self._execute(batch)
+            finally:
+                with self._cond:
+                    self._running.pop(ident, None)
+            if seconds is not None and batch[0].observe is not None:
+                rows = sum(len(job.items) for job in batch)
+                sizes = [job.size for job in batch]
+                size = None if None in sizes else sum(s for s in sizes if s is not None)
+                try:
+                    batch[0].observe(rows, size, seconds)
+                except Exception:  # statistics must never lose an answer
+                    log.exception("%s: recording a service time failed", self.name)
+            _deliver_all(outcomes)
+
+    def _execute(self, batch: list[Job]) -> tuple[list[Outcome], float | None]:
+        """Run a batch: one task run for all its items, one by one if that fails."""
+        start_s = self._clock()
+        first = batch[0]
+        if len(batch) == 1:
+            try:
+                results = _run_chunked(first)
+            except Exception as exc:  # reported to the one caller, mapped by the data plane
+                return [(first, None, exc)], None
+            return [(first, results, None)], self._clock() - start_s
+        items = [item for job in batch for item in job.items]
+        try:
+            results = first.run(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"task returned {len(results)} results for {len(items)} items")
+        except Exception:
+            # One request's bad item must not fail the others: each runs alone now.
+            outcomes: list[Outcome] = []
+            for job in batch:
+                try:
+                    outcomes.append((job, _run_chunked(job), None))
+                except Exception as exc:
+                    outcomes.append((job, None, exc))
+            return outcomes, None
+        seconds = self._clock() - start_s
+        out: list[Outcome] = []
+        offset = 0
+        for job in batch:
+            out.append((job, results[offset : offset + len(job.items)], None))
+            offset += len(job.items)
+        return out, seconds
+
+
+def run_inline(job: Job, clock: Clock) -> list[Any]:
+    """Run ``job`` in the calling thread, reporting its run time as a worker would."""
+    start_s = clock()
+    results = _run_chunked(job)
+    if job.observe is not None:
+        job.observe(len(job.items), job.size, clock() - start_s)
+    return results
+
+
+def _is_late(job: Job, now_s: float) -> bool:
+    return job.start_by_s is not None and now_s > job.start_by_s
+
+
+def _late(job: Job, now_s: float) -> BackendTimeoutError:
+    late_ms = (now_s - (job.start_by_s or now_s)) * 1000
+    return BackendTimeoutError(
+        "dropped before it ran: it could no longer finish within its latency budget "
+        f"(reached {late_ms:.1f} ms after its last possible start)"
+    )
+
+
+def _run_chunked(job: Job) -> list[Any]:
+    """Run one job alone, in runs of at most ``max_rows`` items."""
+    step = max(1, job.max_rows)
+    results: list[Any] = []
+    for i in range(0, len(job.items), step):
+        part = job.run(job.items[i : i + step])
+        if len(part) != len(job.items[i : i + step]):
+            raise RuntimeError(f"task returned {len(part)} results for {step} items")
+        results.extend(part)
+    return results
+
+
+def _deliver_all(outcomes: list[Outcome]) -> None:
+    """Resolve futures on their loops, one wake-up per loop."""
+    if not outcomes:
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, group in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, group)
+        except RuntimeError:
+            pass  # the loop has closed: nobody is waiting any more
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    for job, results, error in outcomes:
+        if job.future.done():
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(results or [])
