@@ -27,6 +27,7 @@ then any known key may call them.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import enum
 import hashlib
 import hmac
@@ -152,6 +153,10 @@ class Principal:
 ANONYMOUS = Principal("", frozenset())
 """The caller of an open call, or of any call while authentication is off."""
 
+current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+"""The key id of the call being served, set by the access check for the request log (the
+transports run the check and the call in the same task, so the value travels along)."""
+
 
 @dataclass(frozen=True)
 class _Key:
@@ -268,6 +273,7 @@ class AccessPolicy:
             if self.metrics is not None:
                 self.metrics.auth_rejections_total.labels(exc.code_name).inc()
             raise
+        current_caller.set(principal.key_id)
         return principal
 
     @staticmethod

@@ -21,7 +21,7 @@ import asyncio
 import importlib.metadata
 import time
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.backends.base import Backend, Lease
@@ -40,6 +40,7 @@ from gateway.limits import Limits
 from gateway.manifest import split_model_name
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
+from gateway.request_log import log_request, request_id
 from gateway.routing.live import Clock, LiveLoad, ServiceModels
 from gateway.routing.selector import Estimate, select
 from gateway.routing.service_time import ServiceModel
@@ -288,6 +289,27 @@ class DataPlane:
         """
         start_s = self.clock()
         labels = _Labels()
+        rid = request_id(request.request_id, request.headers)
+        code = "INTERNAL"
+        try:
+            response = await self._counted(replace(request, request_id=rid), labels, start_s)
+            code = "OK"
+            return response
+        except GatewayError as exc:
+            code = exc.code_name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away
+            raise
+        finally:
+            log_request(
+                rid, request.protocol, labels.model, labels.variant, code, self.clock() - start_s
+            )
+
+    async def _counted(
+        self, request: InferRequest, labels: _Labels, start_s: float
+    ) -> InferResponse:
+        """:meth:`infer` with its metrics: shed at capacity, outcome, latency, budget."""
         if self.live.total >= self.settings.max_in_flight:
             family, _ = split_model_name(request.model_name)
             model = family if family in self.registry.snapshot.families else UNKNOWN_MODEL

@@ -147,6 +147,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             params = message.parameters
             context.set_trailing_metadata(
                 (
+                    ("x-request-id", message.id),
                     ("x-variant", params["variant"].string_param),
                     ("x-selection-reason", params["selection_reason"].string_param),
                 )

@@ -232,6 +232,7 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
         except Exception as exc:  # answered here, so each failure is logged once
             return error_response(exc)
         out_headers = {
+            "x-request-id": response.request_id,
             "x-variant": response.selection.variant,
             "x-selection-reason": response.selection.reason,
         }
