@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.faults import BreakerPolicy, QuarantinePolicy
+
 MIB = 1024 * 1024
 """Bytes per MiB; budgets named ``*_mb`` are in MiB (2**20 bytes)."""
 
@@ -108,6 +110,21 @@ class GatewaySettings(BaseSettings):
     triton_tls_key_file: Path | None = None
     """PEM private key of ``triton_tls_cert_file``."""
 
+    quarantine_failures: int = Field(3, ge=1)
+    """Failed runs in a row (the variant's own faults) that quarantine a variant: routed
+    requests go to the family's other variants until a health check passes."""
+    quarantine_check_s: float = Field(10.0, gt=0)
+    """Seconds from quarantine to the first health check (doubling after each failed one)."""
+    quarantine_max_check_s: float = Field(300.0, gt=0)
+    """Longest wait between two health checks of a quarantined variant."""
+    circuit_failures: int = Field(5, ge=1)
+    """Server-side errors in a row that open a Triton server's circuit (no requests go there
+    until a trial succeeds)."""
+    circuit_open_s: float = Field(5.0, gt=0)
+    """Seconds a circuit stays open before a trial request (doubling after a failed trial)."""
+    circuit_max_open_s: float = Field(60.0, gt=0)
+    """Longest a circuit stays open."""
+
     live_min_samples: int = Field(5, ge=1)
     """Measured runs of a variant at which their correction of its profile reaches full
     weight."""
@@ -171,6 +188,10 @@ class GatewaySettings(BaseSettings):
                 f"triton_urls {len(self.triton_urls)}: give one per server or none"
             )
         self._check_tls()
+        if self.quarantine_max_check_s < self.quarantine_check_s:
+            raise ValueError("quarantine_max_check_s must be at least quarantine_check_s")
+        if self.circuit_max_open_s < self.circuit_open_s:
+            raise ValueError("circuit_max_open_s must be at least circuit_open_s")
         if self.triton_gpu_memory_budget_mb is not None and not self.triton_explicit_model_control:
             raise ValueError(
                 "triton_gpu_memory_budget_mb needs triton_explicit_model_control: the gateway "
@@ -190,6 +211,18 @@ class GatewaySettings(BaseSettings):
         uses_triton_tls = self.triton_tls_ca_file or self.triton_tls_cert_file
         if uses_triton_tls and not self.triton_tls:
             raise ValueError("triton_tls_* files are set but triton_tls is false")
+
+    @property
+    def quarantine_policy(self) -> QuarantinePolicy:
+        """The variant quarantine policy these settings describe."""
+        return QuarantinePolicy(
+            self.quarantine_failures, self.quarantine_check_s, self.quarantine_max_check_s
+        )
+
+    @property
+    def breaker_policy(self) -> BreakerPolicy:
+        """The per-server circuit breaker policy these settings describe."""
+        return BreakerPolicy(self.circuit_failures, self.circuit_open_s, self.circuit_max_open_s)
 
     @property
     def tls_enabled(self) -> bool:

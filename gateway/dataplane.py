@@ -36,6 +36,7 @@ from gateway.errors import (
     VariantUnavailableError,
 )
 from gateway.execution import Job, PoolStats, TaskPool, run_inline
+from gateway.faults import PROBE_ITEMS
 from gateway.limits import Limits
 from gateway.manifest import split_model_name
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
@@ -47,6 +48,7 @@ from gateway.routing.service_time import ServiceModel
 from gateway.taskio import TASK_IO, TensorInfo
 from gateway.tasks.base import MAIN_GRAPH, Tensor
 from gateway.types import Budget, InferRequest, InferResponse, NamedTensor, Selection
+from gateway.variant_health import VariantHealth
 
 ROUTER_PLATFORM = "variant-router"
 """``platform`` reported for a family name, which routes across variants."""
@@ -164,6 +166,8 @@ class DataPlane:
         )
         self.limits = Limits.from_settings(settings)
         """Request limits; the transports check the wire-level ones, ``_infer`` the items."""
+        self.health = VariantHealth(settings.quarantine_policy, self._probe, metrics, clock)
+        """Variants quarantined after run-time failures, and their health checks."""
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -367,17 +371,31 @@ class DataPlane:
         due_s = deadline_s
         if budget.latency_budget_s is not None:
             due_s = min(deadline_s, start_s + budget.latency_budget_s)
-        admission = await self._admit(
-            family, candidates, budget, len(items), size, pin is not None, start_s, due_s
-        )
-        labels.variant = admission.served.variant.name
-        self.metrics.variant(labels.model, labels.variant).selection(admission.selection.reason)
-        try:
-            outputs = await self._run(
-                admission, items, options, budget, start_s, due_s, deadline_s, labels
+        while True:
+            admission = await self._admit(
+                family, candidates, budget, len(items), size, pin is not None, start_s, due_s
             )
-        finally:
-            self.backend.release(admission.lease)
+            labels.variant = admission.served.variant.name
+            bound = self.metrics.variant(labels.model, labels.variant)
+            bound.selection(admission.selection.reason)
+            try:
+                outputs = await self._run(
+                    admission, items, options, budget, start_s, due_s, deadline_s, labels
+                )
+            except Exception as exc:
+                failed = admission.served
+                if not self.health.failed(family, failed, exc) or pin is not None:
+                    raise
+                # The variant's own fault: once more on the next variant, if time is left.
+                candidates = [c for c in candidates if c.ref != failed.ref]
+                if not candidates or self.clock() >= due_s:
+                    raise
+                self.metrics.retries_total.labels(labels.model).inc()
+                continue
+            finally:
+                self.backend.release(admission.lease)
+            self.health.succeeded(admission.served)
+            break
         if wanted is not None:
             outputs = [o for o in outputs if o.name in wanted]
         response = InferResponse(
@@ -470,14 +488,14 @@ class DataPlane:
         )
         return _Admission(served, lease, model, selection, model.p50_s(rows, size), size)
 
-    @staticmethod
-    def _candidates(family: ServedFamily, pin: str | None) -> list[ServedVariant]:
+    def _candidates(self, family: ServedFamily, pin: str | None) -> list[ServedVariant]:
         if pin is not None:
             served = family.variants[pin]
             if not served.ready:
                 raise VariantUnavailableError(
                     f"{served.variant.model_name} cannot serve: {served.error}"
                 )
+            self.health.check_pinned(served)
             return [served]
         ready = family.ready_variants()
         if not ready:
@@ -485,7 +503,34 @@ class DataPlane:
             raise VariantUnavailableError(
                 f"no variant of '{family.manifest.family}' can serve: {why or 'none published'}"
             )
-        return ready
+        return self.health.in_service(family, ready)
+
+    async def _probe(self, family: ServedFamily, served: ServedVariant) -> None:
+        """A health check: run ``served`` on its task's canned item, as a request would.
+
+        Raises:
+            Exception: Whatever the run raised; a variant whose task has no canned item
+                passes once its wait is over (the next failure quarantines it again).
+        """
+        make_items = PROBE_ITEMS.get(family.manifest.task)
+        io = served.io
+        if make_items is None or io is None:
+            return
+        timeout_s = self.settings.request_timeout_s
+        lease = await self.backend.acquire([served.ref], timeout_s)
+        try:
+            runner = self.backend.graph_runner(lease, asyncio.get_running_loop())
+
+            def run_graph(
+                inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
+            ) -> Mapping[str, Tensor]:
+                return runner(inputs, timeout_s)
+
+            items = make_items()
+            results = await asyncio.to_thread(io.run, items, run_graph, io.options({}))
+            io.pack(results)
+        finally:
+            self.backend.release(lease)
 
     def _holdable(
         self, family: ServedFamily, candidates: list[ServedVariant]
@@ -604,6 +649,7 @@ class DataPlane:
 
     async def close(self) -> None:
         """Stop the task pool (queued jobs fail; running ones finish in the background)."""
+        await self.health.close()
         self.pool.close()
 
 

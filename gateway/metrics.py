@@ -274,6 +274,43 @@ class GatewayMetrics:
             ["code"],
             registry=registry,
         )
+        # Run-time faults (gateway/faults.py): variant quarantine and per-server breakers.
+        self.variant_quarantined = Gauge(
+            "gateway_variant_quarantined",
+            "1 while a variant is quarantined after failed runs (routed around), else 0",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_quarantines_total = Counter(
+            "gateway_variant_quarantines_total",
+            "Times a variant was quarantined after failed runs in a row",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_health_checks_total = Counter(
+            "gateway_variant_health_checks_total",
+            "Health checks of quarantined variants by outcome (passed: back in service)",
+            ["model", "variant", "outcome"],
+            registry=registry,
+        )
+        self.retries_total = Counter(
+            "gateway_retries_total",
+            "Requests run again on another variant after their variant failed",
+            ["model"],
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_circuit_state",
+            "Circuit breaker of a backend server: 0 closed, 1 half-open (trial), 2 open",
+            ["server"],
+            registry=registry,
+        )
+        self.circuit_opens_total = Counter(
+            "gateway_circuit_opens_total",
+            "Times a backend server's circuit opened",
+            ["server"],
+            registry=registry,
+        )
         self.secret_reloads_total = Counter(
             "gateway_secret_reloads_total",
             "Reloads of the key file (kind keys) and the TLS files (kind tls) by outcome "
