@@ -223,6 +223,13 @@ class CircuitBreaker:
             self._open_s = 0.0
             self._move(BreakerState.CLOSED, "a trial request succeeded")
 
+    def undecided(self) -> None:
+        """A request there ended saying nothing about the server (bad input, a deadline).
+
+        A half-open trial is handed back, so the next request tries.
+        """
+        self._trial = False
+
     def failed(self, reason: str, *, may_open: bool = True) -> None:
         """A request there failed with a server-side error.
 

@@ -25,6 +25,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.routing.live import Clock
 from gateway.security import Security
+from gateway.tls import triton_channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class Gateway:
             probe_interval_s=settings.triton_probe_interval_s,
             load_timeout_s=settings.triton_load_timeout_s,
             demand_window_s=settings.triton_demand_window_s,
+            breaker_policy=settings.breaker_policy,
+            channel_credentials=triton_channel_credentials(settings),
             metrics=self.metrics,
             clock=clock,
         )

@@ -122,3 +122,16 @@ def test_the_breaker_stays_closed_when_it_may_not_open():
     for _ in range(10):
         b.failed("x", may_open=False)
     assert b.state is BreakerState.CLOSED and changes == []
+
+
+def test_a_trial_without_a_verdict_is_handed_to_the_next_request():
+    clock, changes = Clock(), []
+    b = breaker(clock, changes)
+    for _ in range(3):
+        b.failed("x")
+    clock.now += 5
+    assert b.allow() and not b.would_allow()
+    b.undecided()  # e.g. the trial request carried bad input
+    assert b.allow()
+    b.succeeded()
+    assert b.state is BreakerState.CLOSED

@@ -60,3 +60,12 @@ def to_gateway_error(exc: InferenceServerException, model: str) -> Exception:
     if status in SERVER_DOWN | NOT_LOADED | _MISCONFIGURED:
         return VariantUnavailableError(text)
     return TritonInternalError(text)
+
+
+def is_server_fault(exc: InferenceServerException) -> bool:
+    """Whether a failed call says something is wrong with the server (its breaker counts it).
+
+    Down, failing runs itself, or refusing us; not a deadline, a full queue, bad input, or
+    a model that is merely not loaded there.
+    """
+    return status_of(exc) not in _TIMEOUT | _BUSY | _BAD_INPUT | NOT_LOADED
