@@ -318,7 +318,15 @@ class GatewayMetrics:
             ["kind", "outcome"],
             registry=registry,
         )
+        # Known label values start at zero, so dashboards and rates see a series from the
+        # first scrape rather than from the first event.
+        for code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            self.auth_rejections_total.labels(code)
+        for kind in ("keys", "tls"):
+            for outcome in ("loaded", "failed"):
+                self.secret_reloads_total.labels(kind, outcome)
         self._static = (
+            self.variant_quarantined,
             self.variant_ready,
             self.variant_size_bytes,
             self.variant_parameters,
@@ -361,6 +369,7 @@ class GatewayMetrics:
             if point is not None:
                 self.variant_profiled_p95_seconds.labels(*labels).set(point.p95_s)
             self.queue_depth.labels(*labels).set_function(_reader(queue_depth, *labels))
+            self._start_fault_series(family, variant.name)
         for labels in self._static_labels - current:
             for gauge in self._static:
                 try:
@@ -368,6 +377,19 @@ class GatewayMetrics:
                 except KeyError:
                     pass  # that gauge never had this label set
         self._static_labels = current
+
+    def _start_fault_series(self, family: str, variant: str) -> None:
+        """Zero the quarantine series of a served variant (a quarantined one keeps its 1)."""
+        self.variant_quarantined.labels(family, variant)
+        self.variant_quarantines_total.labels(family, variant)
+        for outcome in ("passed", "failed"):
+            self.variant_health_checks_total.labels(family, variant, outcome)
+        self.retries_total.labels(family)
+
+    def start_circuit(self, server: str) -> None:
+        """Publish a backend server's circuit as closed, with no opens yet."""
+        self.circuit_state.labels(server).set(0)
+        self.circuit_opens_total.labels(server)
 
 
 def _reader(read: Callable[[str, str], int], family: str, variant: str) -> Callable[[], float]:

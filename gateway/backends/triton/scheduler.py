@@ -73,6 +73,9 @@ class Scheduler:
             r.url: CircuitBreaker(r.url, policy, fleet.clock, on_change=self._circuit_changed)
             for r in fleet
         }
+        if metrics is not None:
+            for url in self.breakers:
+                metrics.start_circuit(url)
 
     # -- circuit breakers ------------------------------------------------------------------
 
