@@ -28,10 +28,14 @@ class GatewaySettings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)
     """KServe v2 gRPC port; 0 picks a free port."""
 
+    workers: int = Field(1, ge=1, le=64)
+    """Gateway processes serving the same ports, so task code (image decoding, features, the
+    decode loop) uses more than one core; they share their live load, so every routing
+    decision sees the whole gateway. One per core beyond the first is a good start."""
     task_threads: int = Field(2, ge=1, le=256)
-    """Worker threads of the compute pool: each runs one request's task code (decoding,
+    """Threads of each worker's compute pool: each runs one request's task code (decoding,
     features, the decode loop) and its graph calls at a time, so about one per core the
-    gateway may use. With the Triton backend, see ``triton_runs_per_server`` instead."""
+    worker may use. With the Triton backend, see ``triton_runs_per_server`` instead."""
     inline_task_max_ms: float = Field(1.0, ge=0, le=100)
     """A request whose predicted task time is at most this runs on the event loop itself,
     saving the two thread hand-offs to and from a worker, when nothing is queued; 0 sends

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,12 +39,13 @@ from gateway.execution import Job, PoolStats, TaskPool, run_inline
 from gateway.faults import PROBE_ITEMS
 from gateway.limits import Limits
 from gateway.manifest import split_model_name
-from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
+from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics, VariantState
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
 from gateway.request_log import log_request, request_id
 from gateway.routing.live import Clock, LiveLoad, ServiceModels
 from gateway.routing.selector import Estimate, select
 from gateway.routing.service_time import ServiceModel
+from gateway.routing.shared import SharedTable
 from gateway.taskio import TASK_IO, TensorInfo
 from gateway.tasks.base import MAIN_GRAPH, Tensor
 from gateway.types import Budget, InferRequest, InferResponse, NamedTensor, Selection
@@ -131,6 +132,7 @@ class DataPlane:
         metrics: GatewayMetrics,
         *,
         pool_threads: int | None = None,
+        table: SharedTable | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         """Wire the data plane.
@@ -141,6 +143,7 @@ class DataPlane:
             settings: Limits, defaults and pool sizes.
             metrics: Where every series goes.
             pool_threads: Worker threads of the task pool (default: ``task_threads``).
+            table: Live load shared with the other worker processes (default: private).
             clock: Monotonic seconds; a seam for tests and benchmarks.
         """
         self.registry = registry
@@ -149,8 +152,8 @@ class DataPlane:
         self.metrics = metrics
         self.clock = clock
         self.info = ServerInfo(SERVER_NAME, server_version(), EXTENSIONS)
-        self.live = LiveLoad()
-        self.models = ServiceModels(settings.observed_weight, settings.live_min_samples)
+        self.live = LiveLoad(table)
+        self.models = ServiceModels(settings.observed_weight, settings.live_min_samples, table)
         self.default_budget = Budget(
             latency_budget_s=settings.default_latency_budget_s,
             gpu_memory_budget_bytes=settings.default_gpu_memory_budget_bytes,
@@ -163,6 +166,7 @@ class DataPlane:
             pool_threads or settings.task_threads,
             max_queue=settings.max_queue,
             clock=clock,
+            on_queue=self.live.queue_changed,
         )
         self.limits = Limits.from_settings(settings)
         """Request limits; the transports check the wire-level ones, ``_infer`` the items."""
@@ -279,9 +283,19 @@ class DataPlane:
             rows.append(IndexEntry(name, VERSION, "UNAVAILABLE", reason))
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
-    def queue_depth(self, model_name: str) -> int:
-        """Jobs of a variant waiting in the task pool (for the queue-depth gauge)."""
-        return self.pool.queued(model_name)
+    def variant_states(self) -> Iterator[VariantState]:
+        """Every published variant's readiness and load, for the metrics scrape."""
+        for name, family in self.registry.snapshot.families.items():
+            for served in family.variants.values():
+                key = served.variant.model_name
+                yield VariantState(
+                    model=name,
+                    variant=served.variant,
+                    ready=served.ready,
+                    in_flight=self.live.in_flight(key),
+                    queue_depth=self.live.queued(key) + self.backend.queue_depth(served.ref),
+                    quarantined=self.health.is_quarantined(served),
+                )
 
     # -- inference -----------------------------------------------------------------------
 
@@ -420,9 +434,7 @@ class DataPlane:
         fit = model.fit
         idle_p50 = fit.p50_s(rows, size) if fit is not None else 0.0
         idle_p95 = fit.p95_s(rows, size) if fit is not None else 0.0
-        wait_s = 0.0
-        if pool.queued or pool.running >= pool.threads:
-            wait_s = pool.work_ahead_s / pool.threads
+        wait_s = pool.wait_s
         backend_queue = self.backend.queue_depth(served.ref)
         if backend_queue:
             wait_s += backend_queue * model.p50_s(1) / pool.threads
@@ -489,6 +501,7 @@ class DataPlane:
         return _Admission(served, lease, model, selection, model.p50_s(rows, size), size)
 
     def _candidates(self, family: ServedFamily, pin: str | None) -> list[ServedVariant]:
+        self.health.prepare(family)
         if pin is not None:
             served = family.variants[pin]
             if not served.ready:
@@ -598,14 +611,12 @@ class DataPlane:
             observe=admission.model.observe,
         )
         self.live.begin(key)
-        bound.in_flight.inc()
         try:
             if self._inline(admission, len(items)):
                 return io.pack(run_inline(job, clock))
             return io.pack(await self._queued(job, labels, start_s, deadline_s))
         finally:
             self.live.end(key)
-            bound.in_flight.dec()
 
     def _inline(self, admission: _Admission, rows: int) -> bool:
         """Whether to run a job on the event loop itself: cheap, and nothing is queued.

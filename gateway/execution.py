@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import itertools
 import logging
 import threading
@@ -88,14 +89,17 @@ class PoolStats:
     Attributes:
         queued: Jobs waiting for a worker.
         running: Task runs executing.
-        work_ahead_s: Predicted seconds of work queued plus the rest of what is running,
-            summed over jobs (divide by ``threads`` for the wait of a new job).
+        work_ahead_s: Predicted seconds of work queued ahead plus the rest of what is
+            running, summed over jobs.
+        wait_s: Predicted seconds before a new job starts: the work ahead laid out on the
+            threads, each taking the next job as it frees up.
         threads: Worker threads.
     """
 
     queued: int = 0
     running: int = 0
     work_ahead_s: float = 0.0
+    wait_s: float = 0.0
     threads: int = 1
 
 
@@ -115,10 +119,10 @@ class _Queue:
         del self.order[index]
         return self.jobs.pop(index)
 
-    def cost_due_by(self, due_s: float) -> float:
-        """Predicted seconds of the queued jobs due no later than ``due_s``."""
+    def due_by(self, due_s: float) -> list[Job]:
+        """The queued jobs (still wanted) due no later than ``due_s``, due first."""
         end = bisect.bisect(self.order, (due_s, -1))
-        return sum(job.cost_s for job in self.jobs[:end] if not job.abandoned)
+        return [job for job in self.jobs[:end] if not job.abandoned]
 
 
 class TaskPool:
@@ -131,6 +135,7 @@ class TaskPool:
         *,
         max_queue: int,
         clock: Clock,
+        on_queue: Callable[[str, int], None] | None = None,
     ) -> None:
         """Start ``threads`` workers.
 
@@ -139,11 +144,14 @@ class TaskPool:
             threads: Workers, i.e. task runs executing at once.
             max_queue: Jobs that may wait; :meth:`submit` refuses more.
             clock: Monotonic seconds (deadlines, the work-ahead estimate).
+            on_queue: Told ``(label, +1 or -1)`` as jobs enter and leave the queue, under
+                the pool's lock (so its counts have one writer at a time).
         """
         self.name = name
         self.threads = threads
         self.max_queue = max_queue
         self._clock = clock
+        self._on_queue = on_queue
         self._cond = threading.Condition()
         self._queue = _Queue()
         self._seq = itertools.count()
@@ -164,8 +172,13 @@ class TaskPool:
             if self._closed or len(self._queue.jobs) >= self.max_queue:
                 return False
             self._queue.add(job, next(self._seq))
+            self._counted(job, 1)
             self._cond.notify()
         return True
+
+    def _counted(self, job: Job, delta: int) -> None:
+        if self._on_queue is not None:
+            self._on_queue(job.label, delta)
 
     def has_queue(self) -> bool:
         """Whether any job waits for a worker."""
@@ -183,21 +196,28 @@ class TaskPool:
         """
         now = self._clock()
         with self._cond:
-            remaining = sum(
-                max(0.0, r.cost_s - (now - r.started_s)) for r in self._running.values()
-            )
-            return PoolStats(
-                queued=len(self._queue.jobs),
-                running=len(self._running),
-                work_ahead_s=self._queue.cost_due_by(due_s) + remaining,
-                threads=self.threads,
-            )
+            remaining = [max(0.0, r.cost_s - (now - r.started_s)) for r in self._running.values()]
+            ahead = [job.cost_s for job in self._queue.due_by(due_s)]
+            queued = len(self._queue.jobs)
+        # When each thread frees up; a queued job ahead takes the first free one.
+        free = sorted([*remaining, *[0.0] * max(0, self.threads - len(remaining))])
+        for cost_s in ahead:
+            heapq.heapreplace(free, free[0] + cost_s)
+        return PoolStats(
+            queued=queued,
+            running=len(remaining),
+            work_ahead_s=sum(remaining) + sum(ahead),
+            wait_s=free[0] if free else 0.0,
+            threads=self.threads,
+        )
 
     def close(self) -> None:
         """Refuse new jobs, fail queued ones (UNAVAILABLE); running ones finish."""
         with self._cond:
             self._closed = True
             dropped = list(self._queue.jobs)
+            for job in dropped:
+                self._counted(job, -1)
             self._queue = _Queue()
             self._cond.notify_all()
         _deliver_all(
@@ -215,6 +235,7 @@ class TaskPool:
         dropped: list[Outcome] = []
         while queue.jobs:
             first = queue.pop(0)
+            self._counted(first, -1)
             if first.abandoned:
                 continue
             if _is_late(first, now_s):
@@ -228,6 +249,7 @@ class TaskPool:
                 fits = job.key == first.key and rows + len(job.items) <= first.max_rows
                 if fits and not job.abandoned and not _is_late(job, now_s):
                     batch.append(queue.pop(i))
+                    self._counted(job, -1)
                     rows += len(job.items)
                 else:
                     i += 1

@@ -8,10 +8,14 @@ query only what is defined here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.manifest import Variant
 
@@ -37,6 +41,106 @@ LATENCY_BUCKETS_S = (
 )
 
 
+def multiprocess_dir() -> str:
+    """Where worker processes keep their series (set by the supervisor), or ""."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """A published variant as a scrape sees it.
+
+    Attributes:
+        model: The family.
+        variant: Its manifest entry.
+        ready: Loaded and servable.
+        in_flight: Requests admitted to it and not yet answered (every worker).
+        queue_depth: Requests waiting for a worker, plus graph runs queued in the backend.
+        quarantined: Taken out of routing after failed runs (this worker's view).
+    """
+
+    model: str
+    variant: Variant
+    ready: bool
+    in_flight: int
+    queue_depth: int
+    quarantined: bool = False
+
+
+_STATE_GAUGES: tuple[tuple[str, str, Callable[[VariantState], float | None]], ...] = (
+    (
+        "gateway_in_flight",
+        "Requests admitted to a variant and not yet answered",
+        lambda s: s.in_flight,
+    ),
+    (
+        "gateway_queue_depth",
+        "Requests waiting for a worker, plus graph runs waiting in the backend",
+        lambda s: s.queue_depth,
+    ),
+    (
+        "gateway_variant_ready",
+        "1 when a published variant is loaded and servable, else 0",
+        lambda s: 1 if s.ready else 0,
+    ),
+    (
+        "gateway_variant_quarantined",
+        "1 while a variant is quarantined after failed runs (routed around), else 0",
+        lambda s: 1 if s.quarantined else 0,
+    ),
+    (
+        "gateway_variant_size_bytes",
+        "Bytes of the variant's graph file (manifest)",
+        lambda s: s.variant.size_bytes,
+    ),
+    (
+        "gateway_variant_parameters",
+        "Parameters of the variant (manifest)",
+        lambda s: s.variant.parameters,
+    ),
+    (
+        "gateway_variant_quality",
+        "Primary metric of the variant as higher-is-better points (manifest)",
+        lambda s: s.variant.quality,
+    ),
+    (
+        "gateway_variant_gpu_memory_bytes",
+        "Device memory the variant needs (manifest)",
+        lambda s: s.variant.gpu_memory_bytes,
+    ),
+    (
+        "gateway_variant_profiled_p95_seconds",
+        "Profiled p95 latency at batch 1, concurrency 1 (manifest)",
+        lambda s: None if (p := s.variant.latency_at(1, 1)) is None else p.p95_s,
+    ),
+)
+"""The per-variant gauges computed at scrape time: name, help, value of a state."""
+
+
+class VariantStateCollector:
+    """Per-variant gauges read when scraped, so a reload or another worker is always current."""
+
+    def __init__(self, states: Callable[[], Iterable[VariantState]]) -> None:
+        """Read the variants from ``states`` at each scrape."""
+        self.states = states
+
+    def describe(self) -> Iterator[Metric]:
+        """The gauges' names, so registering checks them for clashes."""
+        for name, help_text, _ in _STATE_GAUGES:
+            yield GaugeMetricFamily(name, help_text, labels=["model", "variant"])
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per published variant for each gauge."""
+        states = list(self.states())
+        for name, help_text, value in _STATE_GAUGES:
+            family = GaugeMetricFamily(name, help_text, labels=["model", "variant"])
+            for state in states:
+                number = value(state)
+                if number is not None:
+                    family.add_metric([state.model, state.variant.name], float(number))
+            yield family
+
+
 class VariantMetrics:
     """One variant's series with their labels bound once, so a request pays no lookups.
 
@@ -50,7 +154,6 @@ class VariantMetrics:
         self.model = model
         self.variant = variant
         self._backend_seconds: Any = None
-        self._in_flight: Any = None
         self._requests: dict[str, Any] = {}
         self._latency: dict[str, Any] = {}
         self._selections: dict[str, Any] = {}
@@ -62,13 +165,6 @@ class VariantMetrics:
         if self._backend_seconds is None:
             self._backend_seconds = self._metrics.backend_seconds.labels(self.model, self.variant)
         return self._backend_seconds
-
-    @property
-    def in_flight(self) -> Any:
-        """The in-flight gauge of this variant."""
-        if self._in_flight is None:
-            self._in_flight = self._metrics.in_flight.labels(self.model, self.variant)
-        return self._in_flight
 
     def request(self, code: str) -> None:
         """Count a request that ended with gRPC status ``code``."""
@@ -161,54 +257,6 @@ class GatewayMetrics:
             ["model", "scope"],
             registry=registry,
         )
-        self.in_flight = Gauge(
-            "gateway_in_flight",
-            "Requests admitted to a variant and not yet answered",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            "gateway_queue_depth",
-            "Graph runs waiting in a variant's backend queue",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_ready = Gauge(
-            "gateway_variant_ready",
-            "1 when a published variant is loaded and servable, else 0",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_size_bytes = Gauge(
-            "gateway_variant_size_bytes",
-            "Bytes of the variant's graph file (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_parameters = Gauge(
-            "gateway_variant_parameters",
-            "Parameters of the variant (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_quality = Gauge(
-            "gateway_variant_quality",
-            "Primary metric of the variant as higher-is-better points (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_gpu_memory_bytes = Gauge(
-            "gateway_variant_gpu_memory_bytes",
-            "Device memory the variant needs (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
-        self.variant_profiled_p95_seconds = Gauge(
-            "gateway_variant_profiled_p95_seconds",
-            "Profiled p95 latency at batch 1, concurrency 1 (manifest)",
-            ["model", "variant"],
-            registry=registry,
-        )
         self.registry_reloads_total = Counter(
             "gateway_registry_reloads_total",
             "Manifest (re)loads by outcome",
@@ -221,24 +269,28 @@ class GatewayMetrics:
             "1 while a Triton server answers its probes, else 0",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_gpu_memory_budget_bytes = Gauge(
             "gateway_triton_gpu_memory_budget_bytes",
             "GPU memory a Triton server may give to variants (manifest figures)",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_resident_bytes = Gauge(
             "gateway_triton_resident_bytes",
             "GPU memory of the variants a Triton server holds, loads or drains (manifest)",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_variant_resident = Gauge(
             "gateway_triton_variant_resident",
             "1 while a variant is loaded and takes requests on a Triton server, else 0",
             ["server", "model", "variant"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.triton_loads_total = Counter(
             "gateway_triton_loads_total",
@@ -266,6 +318,7 @@ class GatewayMetrics:
             "metrics polls",
             ["server", "model", "variant"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         # Access checks and the files re-read for rotation (gateway/security.py).
         self.auth_rejections_total = Counter(
@@ -274,13 +327,14 @@ class GatewayMetrics:
             ["code"],
             registry=registry,
         )
-        # Run-time faults (gateway/faults.py): variant quarantine and per-server breakers.
-        self.variant_quarantined = Gauge(
-            "gateway_variant_quarantined",
-            "1 while a variant is quarantined after failed runs (routed around), else 0",
-            ["model", "variant"],
+        self.secret_reloads_total = Counter(
+            "gateway_secret_reloads_total",
+            "Reloads of the key file (kind keys) and the TLS files (kind tls) by outcome "
+            "(loaded, failed: the previous ones stay in service)",
+            ["kind", "outcome"],
             registry=registry,
         )
+        # Run-time faults (gateway/faults.py): variant quarantine and per-server breakers.
         self.variant_quarantines_total = Counter(
             "gateway_variant_quarantines_total",
             "Times a variant was quarantined after failed runs in a row",
@@ -304,18 +358,12 @@ class GatewayMetrics:
             "Circuit breaker of a backend server: 0 closed, 1 half-open (trial), 2 open",
             ["server"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.circuit_opens_total = Counter(
             "gateway_circuit_opens_total",
             "Times a backend server's circuit opened",
             ["server"],
-            registry=registry,
-        )
-        self.secret_reloads_total = Counter(
-            "gateway_secret_reloads_total",
-            "Reloads of the key file (kind keys) and the TLS files (kind tls) by outcome "
-            "(loaded, failed: the previous ones stay in service)",
-            ["kind", "outcome"],
             registry=registry,
         )
         # Known label values start at zero, so dashboards and rates see a series from the
@@ -325,18 +373,41 @@ class GatewayMetrics:
         for kind in ("keys", "tls"):
             for outcome in ("loaded", "failed"):
                 self.secret_reloads_total.labels(kind, outcome)
-        self._static = (
-            self.variant_quarantined,
-            self.variant_ready,
-            self.variant_size_bytes,
-            self.variant_parameters,
-            self.variant_quality,
-            self.variant_gpu_memory_bytes,
-            self.variant_profiled_p95_seconds,
-            self.queue_depth,
-        )
-        self._static_labels: set[tuple[str, str]] = set()
         self._variants: dict[tuple[str, str], VariantMetrics] = {}
+
+        self._state = VariantStateCollector(lambda: ())
+        registry.register(self._state)
+
+    def track(self, states: Callable[[], Iterable[VariantState]]) -> None:
+        """Export every served variant's state, read from ``states`` at each scrape."""
+        self._state.states = states
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` text: this process's series, or every worker's.
+
+        With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set) counters and
+        histograms are summed over the workers' files; the variant state comes from the
+        shared live table, so any worker's scrape reports the whole gateway.
+        """
+        if not multiprocess_dir():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        merged.register(self._state)
+        return generate_latest(merged)
+
+    def start_faults(self, model: str, variants: Iterable[str]) -> None:
+        """Zero the quarantine and retry series of a family's variants."""
+        self.retries_total.labels(model)
+        for variant in variants:
+            self.variant_quarantines_total.labels(model, variant)
+            for outcome in ("passed", "failed"):
+                self.variant_health_checks_total.labels(model, variant, outcome)
+
+    def start_circuit(self, server: str) -> None:
+        """Publish a backend server's circuit as closed, with no opens yet."""
+        self.circuit_state.labels(server).set(0)
+        self.circuit_opens_total.labels(server)
 
     def variant(self, model: str, variant: str) -> VariantMetrics:
         """The bound series of one variant (``variant`` "" before routing)."""
@@ -344,58 +415,3 @@ class GatewayMetrics:
         if bound is None:
             bound = self._variants[(model, variant)] = VariantMetrics(self, model, variant)
         return bound
-
-    def set_variants(
-        self,
-        variants: Iterable[tuple[str, Variant, bool]],
-        queue_depth: Callable[[str, str], int],
-    ) -> None:
-        """Replace the static per-variant gauges with the current registry's variants.
-
-        Args:
-            variants: ``(family, variant, ready)`` for every published variant.
-            queue_depth: Reads the live queue depth of ``(family, variant)`` at scrape time.
-        """
-        current: set[tuple[str, str]] = set()
-        for family, variant, ready in variants:
-            labels = (family, variant.name)
-            current.add(labels)
-            self.variant_ready.labels(*labels).set(1 if ready else 0)
-            self.variant_size_bytes.labels(*labels).set(variant.size_bytes)
-            self.variant_parameters.labels(*labels).set(variant.parameters)
-            self.variant_quality.labels(*labels).set(variant.quality)
-            self.variant_gpu_memory_bytes.labels(*labels).set(variant.gpu_memory_bytes)
-            point = variant.latency_at(1, 1)
-            if point is not None:
-                self.variant_profiled_p95_seconds.labels(*labels).set(point.p95_s)
-            self.queue_depth.labels(*labels).set_function(_reader(queue_depth, *labels))
-            self._start_fault_series(family, variant.name)
-        for labels in self._static_labels - current:
-            for gauge in self._static:
-                try:
-                    gauge.remove(*labels)
-                except KeyError:
-                    pass  # that gauge never had this label set
-        self._static_labels = current
-
-    def _start_fault_series(self, family: str, variant: str) -> None:
-        """Zero the quarantine series of a served variant (a quarantined one keeps its 1)."""
-        self.variant_quarantined.labels(family, variant)
-        self.variant_quarantines_total.labels(family, variant)
-        for outcome in ("passed", "failed"):
-            self.variant_health_checks_total.labels(family, variant, outcome)
-        self.retries_total.labels(family)
-
-    def start_circuit(self, server: str) -> None:
-        """Publish a backend server's circuit as closed, with no opens yet."""
-        self.circuit_state.labels(server).set(0)
-        self.circuit_opens_total.labels(server)
-
-
-def _reader(read: Callable[[str, str], int], family: str, variant: str) -> Callable[[], float]:
-    """A zero-argument gauge callback bound to one variant."""
-
-    def value() -> float:
-        return float(read(family, variant))
-
-    return value

@@ -191,7 +191,6 @@ class Registry:
         self._snapshot = new
         self._signatures = signatures
         self._retire(set(old.refs()) - set(new.refs()))
-        self._publish_metrics()
         log.info(
             "registry: %d families (%s), %d broken",
             len(families),
@@ -254,25 +253,6 @@ class Registry:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.registry_reloads_total.labels(outcome).inc()
-
-    def _publish_metrics(self) -> None:
-        if self.metrics is None:
-            return
-        snapshot = self._snapshot
-
-        def depth(family: str, variant: str) -> int:
-            served = snapshot.families.get(family)
-            entry = served.variants.get(variant) if served else None
-            return self.backend.queue_depth(entry.ref) if entry else 0
-
-        self.metrics.set_variants(
-            (
-                (name, served.variant, served.ready)
-                for name, family in snapshot.families.items()
-                for served in family.variants.values()
-            ),
-            depth,
-        )
 
     async def watch(self, interval_s: float) -> None:
         """Check for manifest changes every ``interval_s`` until cancelled."""

@@ -24,6 +24,7 @@ from gateway.manifest import split_model_name
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.routing.live import Clock
+from gateway.routing.shared import SharedTable
 from gateway.security import Security
 from gateway.tls import triton_channel_credentials
 
@@ -38,12 +39,19 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening yet).
+
+    ``reuse_port`` lets the gateway's worker processes bind the same port; the kernel then
+    spreads incoming connections over them.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
     # and without it a response written in two parts waits for a delayed ACK (~40 ms).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError:
@@ -54,9 +62,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _pool_threads(settings: GatewaySettings) -> int:
-    """Workers of the compute pool: the cores' worth, or the runs Triton servers take."""
+    """Threads of one worker's compute pool.
+
+    The cores' worth it may use, or its share of the runs the Triton servers take.
+    """
     if settings.backend == "triton":
-        return len(settings.triton_urls) * settings.triton_runs_per_server
+        runs = len(settings.triton_urls) * settings.triton_runs_per_server
+        return max(1, -(-runs // settings.workers))
     return settings.task_threads
 
 
@@ -65,7 +77,8 @@ class Gateway:
 
     ``registry``, ``backend`` and ``clock`` are seams: tests pass a fresh Prometheus
     registry, and any backend can replace the one the settings describe (``backend:
-    embedded`` or ``triton``).
+    embedded`` or ``triton``). ``table`` is the live load shared with the other worker
+    processes, when this is one of several (``workers``); they then share the ports.
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class Gateway:
         registry: CollectorRegistry | None = None,
         backend: Backend | None = None,
         clock: Clock = time.monotonic,
+        table: SharedTable | None = None,
     ) -> None:
         """Prepare the gateway; nothing starts until :meth:`start`."""
         self.settings = settings
@@ -92,8 +106,10 @@ class Gateway:
             settings,
             self.metrics,
             pool_threads=_pool_threads(settings),
+            table=table,
             clock=clock,
         )
+        self.metrics.track(self.dataplane.variant_states)
         self.security = Security.from_settings(settings, self.metrics)
         self.http_port = 0
         self.grpc_port = 0
@@ -151,15 +167,17 @@ class Gateway:
         s = self.settings
         await self.backend.start()
         await self.registry.refresh()
+        shared = s.workers > 1
         self._grpc, self.grpc_port = await start_grpc_server(
             self.dataplane,
             s.host,
             s.grpc_port,
             s.max_payload_bytes,
+            reuse_port=shared,
             credentials=self.security.grpc_credentials(),
             interceptors=self.security.grpc_interceptors(),
         )
-        sock = _bind(s.host, s.http_port)
+        sock = bind(s.host, s.http_port, reuse_port=shared)
         self.http_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self.security.http_app(create_app(self.dataplane, self.metrics, s)),

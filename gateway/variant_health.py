@@ -54,6 +54,17 @@ class VariantHealth:
         self._metrics = metrics
         self._clock = clock
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self._started: set[str] = set()
+
+    def is_quarantined(self, served: ServedVariant) -> bool:
+        """Whether ``served`` is out of routing."""
+        return self.quarantine.is_quarantined(served.ref)
+
+    def prepare(self, family: ServedFamily) -> None:
+        """Zero a family's fault series the first time it is routed (cheap afterwards)."""
+        if family.manifest.family not in self._started:
+            self._started.add(family.manifest.family)
+            self._metrics.start_faults(family.manifest.family, list(family.variants))
 
     def in_service(self, family: ServedFamily, ready: list[ServedVariant]) -> list[ServedVariant]:
         """The ready variants a routed request may use (quarantined ones left out)."""
@@ -96,7 +107,6 @@ class VariantHealth:
                 self.quarantine.policy.check_after_s,
             )
             self._metrics.variant_quarantines_total.labels(model, variant).inc()
-            self._metrics.variant_quarantined.labels(model, variant).set(1)
             self._schedule(family, served)
         return True
 
@@ -130,7 +140,6 @@ class VariantHealth:
                 continue
             self.quarantine.check_passed(served.ref)
             self._metrics.variant_health_checks_total.labels(model, variant, "passed").inc()
-            self._metrics.variant_quarantined.labels(model, variant).set(0)
             log.warning(
                 "variant %s passed its health check and serves again", served.variant.model_name
             )

@@ -20,6 +20,7 @@ async def start_grpc_server(
     host: str,
     port: int,
     max_message_bytes: int,
+    reuse_port: bool = False,
     *,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
@@ -31,6 +32,7 @@ async def start_grpc_server(
         host: Address to bind.
         port: Port to bind; 0 picks a free one.
         max_message_bytes: Largest request message; gRPC answers RESOURCE_EXHAUSTED above it.
+        reuse_port: Share the port with the gateway's other worker processes.
         credentials: TLS credentials; None serves plaintext.
         interceptors: Run before every call (the access check).
 
@@ -45,7 +47,8 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a second gateway on the same port must fail, not share
+            # Only the gateway's own workers share a port; anything else on it must fail.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     register_servicer(InferenceServicer(dataplane), server)

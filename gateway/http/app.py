@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -259,7 +259,7 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
     @app.get("/metrics", tags=["server"])
     async def prometheus() -> Response:
         """Prometheus exposition of every ``gateway_`` series."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     _install_openapi(app)
     return app

@@ -1,7 +1,8 @@
 """Live load: requests admitted per variant, and each variant's service-time model.
 
-Fed by the data plane as requests are admitted and answered; read when routing. Time comes
-from an injected clock, so tests can move it by hand.
+Fed by the data plane as requests are admitted and answered; read when routing. Both live
+in the workers' shared table (:mod:`gateway.routing.shared`), so with several worker
+processes each decision counts every worker's requests and learns from every worker's runs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from collections.abc import Callable
 
 from gateway.manifest import FamilyManifest, Variant
 from gateway.routing.service_time import ServiceModel, fit_profile
+from gateway.routing.shared import IN_FLIGHT, QUEUED, SharedLearning, SharedTable
+
+TOTAL = "*"
+"""The table column counting every variant's requests together."""
 
 Clock = Callable[[], float]
 """Monotonic seconds."""
@@ -18,36 +23,58 @@ Clock = Callable[[], float]
 class LiveLoad:
     """Requests admitted and not yet answered, per variant model name and in all.
 
-    Only the event loop's thread updates and reads it.
+    In-flight counts change only on the event loop's thread; queue counts change under the
+    task pool's lock. Reads sum every worker.
     """
 
-    def __init__(self) -> None:
-        """Start with nothing in flight."""
-        self._in_flight: dict[str, int] = {}
-        self.total = 0
+    def __init__(self, table: SharedTable | None = None) -> None:
+        """Count into ``table`` (default: a private one, for a single worker)."""
+        self.table = table or SharedTable()
+        self._total = self.table.column(TOTAL)
 
     def begin(self, key: str) -> None:
         """A request was admitted to variant ``key``."""
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        self.total += 1
+        self.table.add(self.table.column(key), IN_FLIGHT, 1)
+        self.table.add(self._total, IN_FLIGHT, 1)
 
     def end(self, key: str) -> None:
-        """A request on ``key`` was answered (or failed)."""
-        self._in_flight[key] = max(0, self._in_flight.get(key, 0) - 1)
-        self.total = max(0, self.total - 1)
+        """A request on ``key`` was answered (or failed); counts never go below zero."""
+        column = self.table.column(key)
+        if self.table.own(column, IN_FLIGHT) > 0:
+            self.table.add(column, IN_FLIGHT, -1)
+            self.table.add(self._total, IN_FLIGHT, -1)
 
     def in_flight(self, key: str) -> int:
-        """Requests currently admitted to ``key``."""
-        return self._in_flight.get(key, 0)
+        """Requests currently admitted to ``key`` by every worker."""
+        return int(self.table.total(self.table.column(key), IN_FLIGHT))
+
+    @property
+    def total(self) -> int:
+        """Requests currently admitted to any variant by every worker."""
+        return int(self.table.total(self._total, IN_FLIGHT))
+
+    def queue_changed(self, key: str, delta: int) -> None:
+        """Jobs of ``key`` waiting in this worker's pool went up or down by ``delta``."""
+        self.table.add(self.table.column(key), QUEUED, delta)
+
+    def queued(self, key: str) -> int:
+        """Jobs of ``key`` waiting in every worker's pool."""
+        return int(self.table.total(self.table.column(key), QUEUED))
 
 
 class ServiceModels:
     """One :class:`ServiceModel` per variant, rebuilt when its manifest entry changes."""
 
-    def __init__(self, observed_weight: float, min_samples: int) -> None:
-        """Blend observations in with ``observed_weight`` once ``min_samples`` are seen."""
+    def __init__(
+        self, observed_weight: float, min_samples: int, table: SharedTable | None = None
+    ) -> None:
+        """Blend observations in with ``observed_weight`` once ``min_samples`` are seen.
+
+        Measurements are kept in ``table`` (shared by the workers; default: private).
+        """
         self.observed_weight = observed_weight
         self.min_samples = min_samples
+        self.table = table or SharedTable()
         self._models: dict[str, tuple[Variant, ServiceModel]] = {}
 
     def get(self, manifest: FamilyManifest, variant: Variant) -> ServiceModel:
@@ -59,8 +86,14 @@ class ServiceModels:
             self._models[variant.model_name] = (variant, known[1])
             return known[1]
         fit = fit_profile(variant.latency, variant.size_latency, manifest.profiled_item_size)
+        # Measurements are kept per graph: a rebuilt variant starts learning afresh.
+        graph = variant.artifacts[0].sha256[:16] if variant.artifacts else ""
+        learning = SharedLearning(self.table, self.table.column(f"{variant.model_name}@{graph}"))
         model = ServiceModel(
-            fit, observed_weight=self.observed_weight, min_samples=self.min_samples
+            fit,
+            observed_weight=self.observed_weight,
+            min_samples=self.min_samples,
+            learning=learning,
         )
         self._models[variant.model_name] = (variant, model)
         return model

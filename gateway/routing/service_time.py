@@ -105,10 +105,35 @@ def fit_profile(
     )
 
 
+class Learning:
+    """What a variant's runs have measured: a ratio to its profile and a sample count.
+
+    Kept here for one process; :class:`SharedLearning` keeps it in the workers' table.
+    """
+
+    def __init__(self) -> None:
+        """Nothing measured yet."""
+        self._ratio = 1.0
+        self._samples = 0
+
+    def read(self) -> tuple[float, int]:
+        """(ratio, samples) over everything that measures this variant."""
+        return self._ratio, self._samples
+
+    def own(self) -> tuple[float, int]:
+        """(ratio, samples) of this process's runs."""
+        return self._ratio, self._samples
+
+    def write(self, ratio: float, samples: int) -> None:
+        """Store this process's new ratio and count."""
+        self._ratio, self._samples = ratio, samples
+
+
 class ServiceModel:
     """One variant's service-time prediction, corrected by what its runs measure.
 
-    Thread-safe: runs report from worker threads while the loop predicts.
+    Thread-safe: runs report from worker threads while the loop predicts. Without a
+    profile, a run is predicted at the measured seconds per item (0 before any run).
     """
 
     def __init__(
@@ -118,6 +143,7 @@ class ServiceModel:
         observed_weight: float,
         min_samples: int,
         smoothing: float = 0.1,
+        learning: Learning | None = None,
     ) -> None:
         """Start from ``fit`` (None: learn everything from observations).
 
@@ -126,27 +152,28 @@ class ServiceModel:
             observed_weight: Weight of the measured correction at full sample count (0-1).
             min_samples: Observations at which the correction reaches its full weight.
             smoothing: Weight of each new observation in the running mean ratio.
+            learning: Where measurements are kept (shared between workers, or not).
         """
         self.fit = fit
         self.observed_weight = observed_weight
         self.min_samples = min_samples
         self.smoothing = smoothing
-        self._ratio = 1.0
-        self._samples = 0
-        self._learned_per_row_s: float | None = None
+        self.learning = learning or Learning()
         self._lock = threading.Lock()
 
     def _base_p50_s(self, rows: int, size: float | None) -> float:
+        """The profile's median, or one second per item without a profile."""
         if self.fit is not None:
             return self.fit.p50_s(rows, size)
-        return (self._learned_per_row_s or 0.0) * rows
+        return float(rows)
 
     def correction(self) -> float:
-        """The factor applied to profiled times now (1.0 before any observation)."""
+        """The factor applied to the profile now (1.0 before any observation)."""
+        ratio, samples = self.learning.read()
         if self.fit is None:
-            return 1.0
-        weight = self.observed_weight * min(1.0, self._samples / self.min_samples)
-        return (1.0 - weight) + weight * self._ratio
+            return ratio if samples else 0.0
+        weight = self.observed_weight * min(1.0, samples / self.min_samples)
+        return (1.0 - weight) + weight * ratio
 
     def p50_s(self, rows: int, size: float | None = None) -> float:
         """Predicted median seconds of a run of ``rows`` items of total ``size``."""
@@ -162,36 +189,27 @@ class ServiceModel:
 
         None until ``min_samples`` runs were seen.
         """
-        if self._samples < self.min_samples:
+        ratio, samples = self.learning.read()
+        if samples < self.min_samples:
             return None
-        if self.fit is None:
-            return (self._learned_per_row_s or 0.0) * rows
-        return self.fit.p50_s(rows, size) * self._ratio
+        return self._base_p50_s(rows, size) * ratio
 
     def observe(self, rows: int, size: float | None, seconds: float) -> None:
         """Record that a run of ``rows`` items took ``seconds``."""
         if rows <= 0 or seconds <= 0:
             return
+        predicted = self._base_p50_s(rows, size)
+        if predicted <= 0:
+            return
+        measured = seconds / predicted
+        if self.fit is not None:
+            measured = min(MAX_RATIO, max(MIN_RATIO, measured))
         with self._lock:
-            if self.fit is None:
-                per_row = seconds / rows
-                old = self._learned_per_row_s
-                self._learned_per_row_s = (
-                    per_row if old is None else old + self.smoothing * (per_row - old)
-                )
-                self._samples += 1
-                return
-            predicted = self.fit.p50_s(rows, size)
-            if predicted <= 0:
-                return
-            ratio = min(MAX_RATIO, max(MIN_RATIO, seconds / predicted))
-            if self._samples == 0:
-                self._ratio = ratio
-            else:
-                self._ratio += self.smoothing * (ratio - self._ratio)
-            self._samples += 1
+            ratio, samples = self.learning.own()
+            ratio = measured if samples == 0 else ratio + self.smoothing * (measured - ratio)
+            self.learning.write(ratio, samples + 1)
 
     @property
     def samples(self) -> int:
-        """Observations so far."""
-        return self._samples
+        """Observations so far (every worker's)."""
+        return self.learning.read()[1]

@@ -166,10 +166,30 @@ async def test_jobs_due_first_run_first_and_count_as_ahead():
         pool.submit(j)
     assert pool.stats(due_s=15.0).work_ahead_s == pytest.approx(0.1, abs=0.011)
     assert pool.stats(due_s=25.0).work_ahead_s == pytest.approx(0.2, abs=0.011)
+    # One thread, busy for about 0.01 s more: a job due at 25 waits for that and two jobs.
+    assert pool.stats(due_s=25.0).wait_s == pytest.approx(0.2, abs=0.011)
     task.gate.set()
     await asyncio.gather(late.future, soon.future, sooner.future)
     pool.close()
     assert task.runs[1:] == [[3], [2], [1]]
+
+
+async def test_wait_lays_the_work_ahead_out_on_the_threads():
+    task = Recorder()
+    loop = asyncio.get_running_loop()
+    pool = TaskPool("test", 2, max_queue=16, clock=time.monotonic)
+    task.gate.clear()
+    assert pool.stats().wait_s == 0.0  # an idle thread takes a new job at once
+    pool.submit(job(loop, task, [0], key="a", cost_s=1.0, due_s=1.0))
+    assert await asyncio.to_thread(task.started.wait, 10)
+    assert pool.stats(due_s=5.0).wait_s == 0.0  # one thread still free
+    pool.submit(job(loop, task, [1], key="b", cost_s=0.5, due_s=2.0))
+    pool.submit(job(loop, task, [2], key="c", cost_s=0.25, due_s=3.0))
+    await asyncio.sleep(0.05)
+    # Both threads busy (about 0.95 s and 0.45 s left); "c" queued next takes the second.
+    assert pool.stats(due_s=5.0).wait_s == pytest.approx(0.7, abs=0.06)
+    task.gate.set()
+    pool.close()
 
 
 async def test_work_ahead_counts_queued_and_running_costs():
@@ -181,6 +201,7 @@ async def test_work_ahead_counts_queued_and_running_costs():
     stats = pool.stats()
     assert (stats.queued, stats.running, stats.threads) == (3, 1, 1)
     assert 1.5 <= stats.work_ahead_s <= 1.51  # three queued, the running one nearly done
+    assert 1.5 <= stats.wait_s <= 1.51
     assert pool.queued("1") == 1 and pool.has_queue()
     task.gate.set()
     pool.close()
