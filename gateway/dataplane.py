@@ -297,6 +297,37 @@ class DataPlane:
                     quarantined=self.health.is_quarantined(served),
                 )
 
+    # -- repository control (admin) ------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        """Read a family's manifest again now (serving it again if it was unloaded).
+
+        Raises:
+            ModelNotFoundError: The repository has no such family.
+            VariantUnavailableError: Its manifest or every variant failed to load.
+        """
+        family, _ = split_model_name(name)
+        await self.registry.load(family)
+        self._resolve(family, "")
+        if not self.model_ready(family):
+            raise VariantUnavailableError(f"model '{family}' loaded but no variant can serve")
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving a family until it is loaded again.
+
+        Raises:
+            InvalidRequestError: ``name`` is a variant (the manifest decides those).
+            ModelNotFoundError: No such family is served.
+        """
+        family, variant = split_model_name(name)
+        if variant is not None:
+            raise InvalidRequestError(
+                f"unload takes a family, not a variant; to stop serving {name}, reject it in "
+                f"the {family} manifest"
+            )
+        if not await self.registry.unload(family):
+            raise ModelNotFoundError(f"unknown model '{family}'")
+
     # -- inference -----------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:

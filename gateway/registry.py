@@ -139,6 +139,8 @@ class Registry:
         self._signatures: dict[Path, Signature] = {}
         self._lock = asyncio.Lock()
         self._pending_unloads: set[asyncio.TimerHandle] = set()
+        self._unloaded: set[str] = set()
+        """Families unloaded through the admin API: left out until loaded again."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -154,8 +156,31 @@ class Registry:
         async with self._lock:
             return await self._refresh()
 
+    async def unload(self, family: str) -> bool:
+        """Stop serving ``family`` until :meth:`load` (admin); False if it is not served.
+
+        Its graphs are released after the grace period, so requests on them finish.
+        """
+        async with self._lock:
+            if family not in self._snapshot.families and family not in self._snapshot.broken:
+                return False
+            self._unloaded.add(family)
+            await self._refresh()
+            log.warning("registry: %s unloaded (admin); it stays out until loaded", family)
+            return True
+
+    async def load(self, family: str) -> None:
+        """Read ``family``'s manifest again now, and serve it again if it was unloaded."""
+        async with self._lock:
+            self._unloaded.discard(family)
+            self._signatures = {
+                p: s for p, s in self._signatures.items() if _family_of(p) != family
+            }
+            await self._refresh()
+
     async def _refresh(self) -> bool:
         paths = find_manifests(self.repository) if self.repository.is_dir() else []
+        paths = [p for p in paths if _family_of(p) not in self._unloaded]
         signatures = {p: s for p in paths if (s := _signature(p)) is not None}
         changed = [p for p, s in signatures.items() if self._signatures.get(p) != s]
         removed = [p for p in self._signatures if p not in signatures]

@@ -114,6 +114,32 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         return await _guarded(context, call)
 
+    async def RepositoryModelLoad(  # noqa: N802
+        self,
+        request: service_pb2.RepositoryModelLoadRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.RepositoryModelLoadResponse:
+        """Read a family's manifest again now, serving it again if it was unloaded."""
+
+        async def call() -> service_pb2.RepositoryModelLoadResponse:
+            await self.dataplane.load_model(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+
+        return await _guarded(context, call)
+
+    async def RepositoryModelUnload(  # noqa: N802
+        self,
+        request: service_pb2.RepositoryModelUnloadRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.RepositoryModelUnloadResponse:
+        """Stop serving a family until it is loaded again."""
+
+        async def call() -> service_pb2.RepositoryModelUnloadResponse:
+            await self.dataplane.unload_model(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+
+        return await _guarded(context, call)
+
     async def RepositoryIndex(  # noqa: N802
         self,
         request: service_pb2.RepositoryIndexRequest,

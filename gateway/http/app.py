@@ -256,6 +256,18 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
             for e in dataplane.repository_index(ready_only)
         ]
 
+    @app.post("/v2/repository/models/{name}/load", responses=_ERRORS, tags=["repository"])
+    async def repository_load(name: str) -> Response:
+        """Read a family's manifest again now, serving it again if it was unloaded (admin)."""
+        await dataplane.load_model(name)
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{name}/unload", responses=_ERRORS, tags=["repository"])
+    async def repository_unload(name: str) -> Response:
+        """Stop serving a family until it is loaded again (admin)."""
+        await dataplane.unload_model(name)
+        return Response(status_code=200)
+
     @app.get("/metrics", tags=["server"])
     async def prometheus() -> Response:
         """Prometheus exposition of every ``gateway_`` series."""

@@ -8,6 +8,7 @@ import time
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -190,3 +191,35 @@ def test_a_bad_key_file_stops_the_gateway_from_starting(repo, tmp_path, gateway_
     )
     with pytest.raises(ValueError, match="never the key itself"):
         gateway_factory(repo, auth_keys_file=path)
+
+
+def test_admin_keys_unload_and_load_families(repo, key_path, gateway_factory):
+    gw = gateway_factory(repo, auth_keys_file=key_path)
+    ops, ci = bearer(OPS_KEY), bearer(INFER_KEY)
+    grpc_client = grpcclient.InferenceServerClient(gw.grpc_url)
+    base = f"http://{gw.http_url}/v2/repository/models"
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.unload_model("digits", headers=ci)
+    assert code_of(info.value, "grpc") == "PERMISSION_DENIED"
+    assert httpx.post(f"{base}/digits/unload", headers=ci).status_code == 403
+
+    grpc_client.unload_model("digits", headers=ops)
+    wire = Wire("grpc", grpc_client)
+    with pytest.raises(InferenceServerException) as info:
+        wire.infer("digits", image_input(0), headers=ci)
+    assert code_of(info.value, "grpc") == "NOT_FOUND"
+    assert wire.infer(
+        "speech__int8", [("audio", "FP32", np.zeros((1, 800), np.float32))], headers=ci
+    )
+
+    assert httpx.post(f"{base}/digits/load", headers=ops).status_code == 200
+    assert wire.infer("digits", image_input(0), headers=ci).variant == "fp32"
+    assert httpx.post(f"{base}/nope/unload", headers=ops).status_code == 404
+    response = httpx.post(f"{base}/digits__int8/unload", headers=ops)
+    assert (
+        response.status_code == 400
+        and "reject it in the digits manifest" in response.json()["error"]
+    )
+    assert httpx.post(f"{base}/broken/load", headers=ops).status_code == 503
+    grpc_client.load_model("translation", headers=ops)  # re-read now: no change, still served
+    assert grpc_client.is_model_ready("translation")
