@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,9 @@ from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.auth import hash_key, new_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway_overhead import interleaved  # noqa: E402 - the same timing, taking turns
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -150,24 +152,6 @@ def http_paths(port: int, image: bytes, key: str) -> dict[str, Callable[[], None
     }
 
 
-def interleaved(calls: dict[str, Callable[[], None]], requests: int, warmup: int = 50) -> dict:
-    """Latency of each path, one request at a time, the paths taking turns."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    samples: dict[str, list[float]] = {label: [] for label in calls}
-    for _ in range(requests):
-        for label, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[label].append(time.perf_counter() - start)
-    out = {}
-    for label, values in samples.items():
-        p50, p99 = np.percentile(np.asarray(values) * 1000, [50, 99])
-        out[label] = {"p50_ms": float(p50), "p99_ms": float(p99), "requests": len(values)}
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per path")
@@ -186,7 +170,7 @@ def main() -> None:
         try:
             results = {}
             for paths in (grpc_paths(grpc_port, image, key), http_paths(http_port, image, key)):
-                results.update(interleaved(paths, args.requests))
+                results.update(interleaved(paths, args.requests, warmup=50))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)

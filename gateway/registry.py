@@ -32,10 +32,11 @@ from gateway.manifest import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.taskio import TaskIO, task_io
+from gateway.watch import FileSignature, file_signature, one_line
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[int, int, int]
+Signature = FileSignature
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,6 @@ class Snapshot:
             for served in family.variants.values():
                 if served.ready:
                     yield served.ref
-
-
-def _signature(path: Path) -> Signature | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _family_of(path: Path) -> str:
@@ -181,7 +174,7 @@ class Registry:
     async def _refresh(self) -> bool:
         paths = find_manifests(self.repository) if self.repository.is_dir() else []
         paths = [p for p in paths if _family_of(p) not in self._unloaded]
-        signatures = {p: s for p in paths if (s := _signature(p)) is not None}
+        signatures = {p: s for p in paths if (s := file_signature(p)) is not None}
         changed = [p for p, s in signatures.items() if self._signatures.get(p) != s]
         removed = [p for p in self._signatures if p not in signatures]
         if self._snapshot.loaded and not changed and not removed:
@@ -199,7 +192,7 @@ class Registry:
                 if manifest.family != name:
                     raise ValueError(f"file is named for '{name}' but holds '{manifest.family}'")
             except (ValidationError, ValueError, OSError) as exc:
-                reason = f"invalid manifest {path.name}: {_one_line(exc)}"
+                reason = f"invalid manifest {path.name}: {one_line(exc)}"
                 log.error("%s", reason)
                 self._count("failed")
                 if name in families:
@@ -256,7 +249,7 @@ class Registry:
             io = await loop.run_in_executor(None, task_io, manifest.task, version_dir)
             await self.backend.load(ref)
         except (ValueError, OSError, GatewayError) as exc:
-            reason = _one_line(exc)
+            reason = one_line(exc)
             log.error("%s: not servable: %s", variant.model_name, reason)
             return ServedVariant(variant, ref, None, error=reason)
         return ServedVariant(variant, ref, io)
@@ -297,8 +290,3 @@ class Registry:
         for handle in self._pending_unloads:
             handle.cancel()
         self._pending_unloads.clear()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 500 else text[:497] + "..."
