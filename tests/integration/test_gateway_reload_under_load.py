@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -142,6 +143,10 @@ def test_publishing_under_load_loses_nothing_and_serves_no_half_loaded_variant(
         for thread in threads:
             thread.join(30)
 
+    sys.stdout.write(
+        f"\nreload under load: {len(load.answers) + len(load.failures)} requests, "
+        f"{len(load.failures)} failed, {len(load.wrong)} wrong answers\n"
+    )
     assert load.failures == []
     assert load.wrong == []
     assert len(load.answers) > 300
