@@ -122,8 +122,8 @@ class GatewaySettings(BaseSettings):
     quarantine_max_check_s: float = Field(300.0, gt=0)
     """Longest wait between two health checks of a quarantined variant."""
     circuit_failures: int = Field(5, ge=1)
-    """Server-side errors in a row that open a Triton server's circuit (no requests go there
-    until a trial succeeds)."""
+    """Errors in a row from a Triton server that still answers its probes (INTERNAL and the
+    like) that open its circuit: no requests go there until a trial succeeds."""
     circuit_open_s: float = Field(5.0, gt=0)
     """Seconds a circuit stays open before a trial request (doubling after a failed trial)."""
     circuit_max_open_s: float = Field(60.0, gt=0)

@@ -13,12 +13,13 @@ code and backend; passing restores it, failing keeps it out for twice as long (u
 client sending inputs that crash every variant cannot take a family down.
 
 **Circuit breaker.** Each backend endpoint (a Triton server) has a breaker: ``failures``
-server-side errors in a row (connection lost, UNAVAILABLE, INTERNAL; not the client's
-errors, shedding or deadlines) open it for ``open_s``; no requests go there while it is
-open (they fail over to another server or the fallback). Then it is half-open: one trial
-request goes through; success closes it, failure opens it again for twice as long (up to
-``max_open_s``). A breaker never opens for the last endpoint still closed, for the same
-reason as above.
+server-side errors in a row from an endpoint that still answers its health probes (INTERNAL,
+UNKNOWN, a response that cannot be read; not the client's errors, shedding, deadlines, or an
+endpoint that is down, which the health probes take out and back) open it for ``open_s``;
+no requests go there while it is open (they fail over to another server or the fallback).
+Then it is half-open: one trial request goes through; success closes it, failure opens it
+again for twice as long (up to ``max_open_s``). A breaker never opens for the last endpoint
+still closed, for the same reason as above.
 """
 
 from __future__ import annotations

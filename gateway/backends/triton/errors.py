@@ -63,9 +63,9 @@ def to_gateway_error(exc: InferenceServerException, model: str) -> Exception:
 
 
 def is_server_fault(exc: InferenceServerException) -> bool:
-    """Whether a failed call says something is wrong with the server (its breaker counts it).
+    """Whether a failed call says a live server is failing its runs (its breaker counts it).
 
-    Down, failing runs itself, or refusing us; not a deadline, a full queue, bad input, or
-    a model that is merely not loaded there.
+    INTERNAL, UNKNOWN or refusing us; not a server that is down (the health probes take it
+    out and back), a deadline, a full queue, bad input, or a model merely not loaded there.
     """
-    return status_of(exc) not in _TIMEOUT | _BUSY | _BAD_INPUT | NOT_LOADED
+    return status_of(exc) not in SERVER_DOWN | _TIMEOUT | _BUSY | _BAD_INPUT | NOT_LOADED

@@ -5,10 +5,12 @@ the gRPC deadline. When that server goes down mid-call, or Triton says the varia
 longer loaded, the run moves to another replica (or is loaded again, or runs on the fallback
 backend) within the same deadline.
 
-Each server has a circuit breaker (``gateway.faults``): server-side errors in a row open it,
-and while it is open requests go to the other servers or the fallback; a trial request
-closes it again. Where no other server or fallback could take the request, an open breaker
-does not stop it (a breaker steers traffic, it never strands it).
+Each server has a circuit breaker (``gateway.faults``): errors in a row from a server that
+still answers its probes (INTERNAL and the like, unreadable responses) open it, and while it
+is open requests go to the other servers or the fallback; a trial request closes it again. A
+server that goes down is the health monitor's: it takes it out and back. Where no other
+server or fallback could take the request, an open breaker does not stop it (a breaker
+steers traffic, it never strands it).
 """
 
 from __future__ import annotations
@@ -210,9 +212,9 @@ class Scheduler:
             breaker.allow()  # claims the trial of a half-open circuit
             try:
                 outputs = await replica.infer(name, inputs, remaining, clock())
-            except ServerDownError:
+            except ServerDownError:  # the health monitor's business, not the breaker's
+                breaker.undecided()
                 last = VariantUnavailableError(f"Triton {replica.url} went down during {name}")
-                self._server_failed(replica, "the server went down mid-call")
                 self.telemetry.run(replica.url, name, "failover")
                 continue
             except InferenceServerException as exc:
