@@ -2,9 +2,11 @@
 
 fp32 is the baseline; fp16 and int8 are graph-level transforms of it; each pruning ratio is a
 structurally smaller torch model, recovered by a short fine-tune, exported, and also
-quantized. Every variant is evaluated with the family's metric and profiled; the ones that
-lose more than ``max_quality_drop`` points are kept in the manifest as rejected and not
-written to the repository; the rest are published, and the Pareto-optimal ones recommended.
+quantized. Where TensorRT and a GPU exist, engines mirror those rungs (:mod:`builders.engines`).
+Every variant is evaluated with the family's metric and profiled (:mod:`builders.measure`);
+the ones that lose more than ``max_quality_drop`` points are kept in the manifest as rejected
+and not written to the repository; the rest are published, and the Pareto-optimal ones
+recommended.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import copy
 import logging
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -26,14 +27,16 @@ from torch import nn
 from tqdm import tqdm
 
 from builders.convert.onnx2trt import tensorrt_unavailable_reason
+from builders.engines import build_engines, plan_engines
+from builders.measure import Candidate, Measurement, measure
 from builders.optimize.quantize import QuantizationMethod, op_types, to_fp16, to_int8
 from builders.pareto import Point, frontier
-from builders.profile import estimate_gpu_memory, measure_resident_memory, profile_latency
+from builders.profile import measure_runtime_memory
 from builders.repository import new_staging_dir, publish_family, stage_variant
 from builders.sources import ModelSource, check_contract, load_torch_module
 from builders.spec import BuildSpec, pruned_name
 from builders.triton.model_config import TritonModel
-from builders.zoo.api import ZooFamily
+from builders.zoo.api import ShapeRange, ZooFamily
 from gateway.layout import sha256_file
 from gateway.manifest import (
     Artifact,
@@ -45,23 +48,9 @@ from gateway.manifest import (
     model_name,
     write_manifest,
 )
-from gateway.tasks.onnx_runner import onnx_graph_runner
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-
-
-@dataclass
-class Candidate:
-    """A derived graph waiting to be measured."""
-
-    name: str
-    graph: Path
-    precision: str
-    quantization: str = "none"
-    pruning_ratio: float = 0.0
-    parameters: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -215,39 +204,36 @@ def _derive(
                 candidates.append(base)
             if "pruned-int8" in spec.variants:
                 candidates.append(int8_of(base, pruned_name(ratio, int8=True)))
-    if spec.tensorrt:
-        reason = tensorrt_unavailable_reason()
-        if reason is not None:
-            skipped.append(f"tensorrt: {reason}")
     return candidates
 
 
-def _measure(
-    candidate: Candidate,
+def _engines(
     spec: BuildSpec,
     family: ZooFamily,
-    items: list[Any],
+    candidates: list[Candidate],
+    ranges: Mapping[str, ShapeRange],
     workdir: Path,
     progress: Progress,
-) -> dict[str, Any]:
-    progress(f"{family.name}: evaluating {candidate.name}")
-    metrics = family.evaluate(onnx_graph_runner(candidate.graph), spec.eval_limit)
-    progress(f"{family.name}: profiling {candidate.name}")
-    latency = profile_latency(
-        candidate.graph,
-        family.make_task(family.assets_dir),
-        items,
-        spec.profile,
-        spec.max_batch_size,
+    skipped: list[str],
+) -> list[Candidate]:
+    """TensorRT engines mirroring the ONNX candidates, or one line saying why there are none."""
+    if not spec.tensorrt:
+        return []
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        skipped.append(f"tensorrt engines: {reason}")
+        return []
+    plans = plan_engines(candidates, spec.variants)
+    return list(
+        build_engines(
+            plans, candidates, family, ranges, spec.calibration_items, workdir, progress, skipped
+        )
     )
-    feeds = dict(next(iter(family.calibration_inputs(1))))
-    resident = measure_resident_memory(candidate.graph, feeds, workdir)
-    return {"metrics": metrics, "latency": latency, "resident": resident}
 
 
 def _variant_entry(
     c: Candidate,
-    m: dict[str, Any],
+    m: Measurement,
     baseline: float,
     spec: BuildSpec,
     family: ZooFamily,
@@ -256,14 +242,14 @@ def _variant_entry(
     staging: Path,
 ) -> Variant:
     """The manifest entry of a measured candidate; published ones are staged on disk."""
-    quality = _quality(m["metrics"], family)
+    quality = _quality(m.metrics, family)
     drop = baseline - quality
     size = c.graph.stat().st_size
     rejected = drop > spec.max_quality_drop
     name = model_name(family.name, c.name)
     artifacts: list[Artifact] = []
     if not rejected:
-        model = TritonModel(name, "onnx", tuple(inputs), tuple(outputs), spec.max_batch_size)
+        model = TritonModel(name, c.runtime, tuple(inputs), tuple(outputs), spec.max_batch_size)
         model_dir = stage_variant(staging, model, c.graph, family.assets_dir)
         artifacts = [
             Artifact(
@@ -279,18 +265,23 @@ def _variant_entry(
         status="rejected" if rejected else "published",
         rejection_reason=reason if rejected else None,
         recommended=False,
+        runtime=c.runtime,
         precision=c.precision,
         quantization=c.quantization,
+        sparsity=c.sparsity,
         pruning_ratio=c.pruning_ratio,
         artifacts=artifacts,
         size_bytes=size,
         parameters=c.parameters,
-        metrics={k: round(v, 4) for k, v in m["metrics"].items()},
+        metrics={k: round(v, 4) for k, v in m.metrics.items()},
         quality=round(quality, 4),
         quality_drop=round(drop, 4),
-        latency=m["latency"],
-        resident_memory_bytes=m["resident"],
-        gpu_memory_bytes=estimate_gpu_memory(size, m["resident"]),
+        latency=m.latency,
+        resident_memory_bytes=m.resident_bytes,
+        gpu_memory_bytes=m.gpu.total_bytes,
+        gpu_memory_source=m.gpu.source,
+        gpu_weights_bytes=m.gpu.weights_bytes,
+        gpu_activations_bytes=m.gpu.activations_bytes,
         notes=c.notes,
     )
 
@@ -317,9 +308,11 @@ def build_family(
             check_contract(
                 candidates[0].graph, [t.name for t in want_in], [t.name for t in want_out]
             )
+        ranges = family.shape_ranges(spec.max_batch_size)
+        candidates += _engines(spec, family, candidates, ranges, workdir, say, skipped)
         items = family.sample_items(32)
         measured = {
-            c.name: _measure(c, spec, family, items, workdir, say)
+            c.name: measure(c, spec, family, items, ranges, workdir, say)
             for c in tqdm(
                 candidates,
                 desc=f"{family.name}: measuring",
@@ -327,7 +320,7 @@ def build_family(
                 disable=not show_progress,
             )
         }
-        baseline = _quality(measured["fp32"]["metrics"], family)
+        baseline = _quality(measured["fp32"].metrics, family)
         staging = new_staging_dir(spec.repository, family.name)
         variants = [
             _variant_entry(c, measured[c.name], baseline, spec, family, inputs, outputs, staging)
@@ -353,6 +346,7 @@ def build_family(
             assets=sorted(p.name for p in family.assets_dir.iterdir() if p.is_file()),
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
             source=f"{source.describe()} sha256:{sha256_file(candidates[0].graph)[:16]}",
+            runtime_memory_bytes=measure_runtime_memory(workdir),
             variants=variants,
         )
         publish_family(spec.repository, family.name, staging)

@@ -133,8 +133,8 @@ class GatewaySettings(BaseSettings):
     """Measured runs of a variant at which their correction of its profile reaches full
     weight."""
     observed_weight: float = Field(1.0, ge=0, le=1)
-    """Weight of the measured service times against the profiled ones (0: route on the
-    profile alone)."""
+    """Weight of what the gateway measures live (service times, the event loop's lag)
+    against the profiles; 0 routes on the profiles alone."""
 
     backend: Literal["embedded", "triton"] = "embedded"
     """Where graphs run: ``embedded`` ONNX Runtime in this process, or ``triton`` servers."""

@@ -43,8 +43,9 @@ from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics, VariantState
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
 from gateway.request_log import log_request, request_id
 from gateway.routing.live import Clock, LiveLoad, ServiceModels
+from gateway.routing.loop_lag import LoopLag
 from gateway.routing.selector import Estimate, select
-from gateway.routing.service_time import ServiceModel
+from gateway.routing.service_time import Prediction, ServiceModel
 from gateway.routing.shared import SharedTable
 from gateway.taskio import TASK_IO, TensorInfo
 from gateway.tasks.base import MAIN_GRAPH, Tensor
@@ -118,7 +119,10 @@ class _Admission:
     model: ServiceModel
     selection: Selection
     cost_s: float
+    tail_s: float
+    measured_s: float | None
     size: float | None
+    concurrency: int
 
 
 class DataPlane:
@@ -153,6 +157,8 @@ class DataPlane:
         self.clock = clock
         self.info = ServerInfo(SERVER_NAME, server_version(), EXTENSIONS)
         self.live = LiveLoad(table)
+        self.loop_lag = LoopLag(clock)
+        self._lag_weight = settings.observed_weight
         self.models = ServiceModels(settings.observed_weight, settings.live_min_samples, table)
         self.default_budget = Budget(
             latency_budget_s=settings.default_latency_budget_s,
@@ -459,24 +465,22 @@ class DataPlane:
         rows: int,
         size: float | None,
         pool: PoolStats,
-    ) -> tuple[Estimate, ServiceModel]:
+    ) -> tuple[Estimate, ServiceModel, Prediction]:
         """Predict this request's run on one variant, with the pool as it is now."""
         model = self.models.get(family.manifest, served.variant)
-        fit = model.fit
-        idle_p50 = fit.p50_s(rows, size) if fit is not None else 0.0
-        idle_p95 = fit.p95_s(rows, size) if fit is not None else 0.0
+        prediction = model.predict(rows, size, pool.concurrency_next)
         wait_s = pool.wait_s
         backend_queue = self.backend.queue_depth(served.ref)
         if backend_queue:
-            wait_s += backend_queue * model.p50_s(1) / pool.threads
+            wait_s += backend_queue * prediction.p50_s / rows / pool.threads
         estimate = Estimate(
-            idle_p50_s=idle_p50,
-            idle_p95_s=idle_p95,
-            service_p95_s=model.p95_s(rows, size),
+            idle_p50_s=prediction.idle_p50_s,
+            idle_p95_s=prediction.idle_p95_s,
+            service_p95_s=prediction.p95_s,
             wait_s=wait_s,
             in_flight=self.live.in_flight(served.variant.model_name),
         )
-        return estimate, model
+        return estimate, model, prediction
 
     async def _admit(
         self,
@@ -492,10 +496,11 @@ class DataPlane:
         """Choose the variant, lease it and say why; shed or refuse if none fits."""
         pool = self.pool.stats(due_s)
         estimates: dict[str, Estimate] = {}
-        models: dict[str, ServiceModel] = {}
+        models: dict[str, tuple[ServiceModel, Prediction]] = {}
         for served in candidates:
             key = served.variant.model_name
-            estimates[key], models[key] = self._estimate(family, served, rows, size, pool)
+            estimate, model, prediction = self._estimate(family, served, rows, size, pool)
+            estimates[key], models[key] = estimate, (model, prediction)
         try:
             choice = select(
                 family.manifest.family,
@@ -503,7 +508,8 @@ class DataPlane:
                 [c.variant for c in candidates],
                 estimates,
                 max_in_flight_per_variant=self.settings.max_in_flight_per_variant,
-                elapsed_s=self.clock() - start_s,
+                # Time spent so far, plus what it waited for the loop to get to it.
+                elapsed_s=self.clock() - start_s + self._lag_weight * self.loop_lag.lag_s,
                 pinned=pinned,
             )
         except CapacityExhaustedError:
@@ -521,7 +527,7 @@ class DataPlane:
             detail = (
                 f"{ranked[0].variant.name} is being loaded; {served.variant.name} serves meanwhile"
             )
-        model = models[served.variant.model_name]
+        model, prediction = models[served.variant.model_name]
         selection = Selection(
             variant=served.variant.name,
             model_name=served.variant.model_name,
@@ -529,7 +535,17 @@ class DataPlane:
             detail=detail,
             predicted_latency_s=top.predicted_latency_s,
         )
-        return _Admission(served, lease, model, selection, model.p50_s(rows, size), size)
+        return _Admission(
+            served,
+            lease,
+            model,
+            selection,
+            prediction.p50_s,
+            prediction.p95_s,
+            prediction.measured_p50_s,
+            size,
+            pool.concurrency_next,
+        )
 
     def _candidates(self, family: ServedFamily, pin: str | None) -> list[ServedVariant]:
         self.health.prepare(family)
@@ -602,6 +618,7 @@ class DataPlane:
     ) -> list[NamedTensor]:
         """Run the task for ``items``: inline if it is cheap, else as a job of the pool."""
         served, lease = admission.served, admission.lease
+        model, concurrency = admission.model, admission.concurrency
         io = served.io
         assert io is not None
         loop = asyncio.get_running_loop()
@@ -622,10 +639,11 @@ class DataPlane:
         def run_task(batch_items: list[Any]) -> list[Any]:
             return io.run(batch_items, run_graph, options)
 
-        # The last moment the job may start and still end in time, unless late answers help.
-        start_by_s = deadline_s - admission.cost_s
+        # The last moment the job may start and still end in time (its tail within the
+        # deadline), unless late answers help.
+        start_by_s = deadline_s - admission.tail_s
         if budget.hard is not False:
-            start_by_s = due_s - admission.cost_s
+            start_by_s = due_s - admission.tail_s
         key = served.variant.model_name
         job = Job(
             key=(key, lease.holder, _options_key(options), io.batch_key(items)),
@@ -640,6 +658,7 @@ class DataPlane:
             label=key,
             size=admission.size,
             observe=admission.model.observe,
+            run_tail_s=lambda rows, size: model.p95_s(rows, size, concurrency),
         )
         self.live.begin(key)
         try:
@@ -650,18 +669,20 @@ class DataPlane:
             self.live.end(key)
 
     def _inline(self, admission: _Admission, rows: int) -> bool:
-        """Whether to run a job on the event loop itself: cheap, and nothing is queued.
+        """Whether to run a job on the event loop itself: cheap, nothing queued, loop free.
 
         Two thread hand-offs cost more than a sub-millisecond task; a longer one would hold
         up every other request on the loop, so a variant runs inline only once its own
-        measured runs (in the pool) show it is cheap, whatever its profile claims.
+        measured runs (in the pool) show it is cheap, whatever its profile claims, and only
+        while the loop keeps up: a busy loop must route and shed, not compute.
         """
         if self._inline_limit_s <= 0 or not self.backend.runs_in_caller:
             return False
-        measured_s = admission.model.measured_p50_s(rows, admission.size)
+        measured_s = admission.measured_s
         return (
             measured_s is not None
             and measured_s <= self._inline_limit_s
+            and self.loop_lag.lag_s < self._inline_limit_s
             and not self.pool.has_queue()
         )
 
@@ -689,9 +710,14 @@ class DataPlane:
             job.abandoned = True
             raise
 
+    def start(self) -> None:
+        """Start measuring the event loop's lag (on the loop that will serve)."""
+        self.loop_lag.start()
+
     async def close(self) -> None:
         """Stop the task pool (queued jobs fail; running ones finish in the background)."""
         await self.health.close()
+        await self.loop_lag.stop()
         self.pool.close()
 
 

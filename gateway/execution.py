@@ -54,7 +54,11 @@ class Job:
         loop: The loop that awaits ``future``.
         label: What the job is counted under in :meth:`TaskPool.queued` (its variant).
         size: The items' total size (the family's size unit), for service-time learning.
-        observe: Told ``(rows, size, seconds)`` of each task run the job led, from the worker.
+        observe: Told ``(rows, size, seconds, concurrency)`` of each task run the job led,
+            from the worker (concurrency: runs executing when it started, itself included).
+        run_tail_s: Predicted tail seconds of a run of ``rows`` items of total ``size`` of
+            this key; a job joins a batch only if the batch still ends before every hard
+            member's due time. None: batches are bounded by ``max_rows`` alone.
     """
 
     key: Hashable
@@ -68,7 +72,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     label: str = ""
     size: float | None = None
-    observe: Callable[[int, float | None, float], None] | None = None
+    observe: Callable[[int, float | None, float, int], None] | None = None
+    run_tail_s: Callable[[int, float | None], float] | None = None
     abandoned: bool = False
     """Set on the loop when nobody waits for the result any more (timeout, cancellation)."""
 
@@ -94,6 +99,7 @@ class PoolStats:
         wait_s: Predicted seconds before a new job starts: the work ahead laid out on the
             threads, each taking the next job as it frees up.
         threads: Worker threads.
+        concurrency_next: Runs executing once a new job starts, itself included.
     """
 
     queued: int = 0
@@ -101,6 +107,7 @@ class PoolStats:
     work_ahead_s: float = 0.0
     wait_s: float = 0.0
     threads: int = 1
+    concurrency_next: int = 1
 
 
 @dataclass
@@ -209,6 +216,7 @@ class TaskPool:
             work_ahead_s=sum(remaining) + sum(ahead),
             wait_s=free[0] if free else 0.0,
             threads=self.threads,
+            concurrency_next=min(self.threads, len(remaining) + len(ahead) + 1),
         )
 
     def close(self) -> None:
@@ -242,15 +250,25 @@ class TaskPool:
                 dropped.append((first, None, _late(first, now_s)))
                 continue
             batch = [first]
-            rows = len(first.items)
+            rows, size = len(first.items), first.size
+            due_s = first.due_s if first.start_by_s is not None else float("inf")
             i = 0
             while rows < first.max_rows and i < len(queue.jobs):
                 job = queue.jobs[i]
-                fits = job.key == first.key and rows + len(job.items) <= first.max_rows
-                if fits and not job.abandoned and not _is_late(job, now_s):
+                joined_rows = rows + len(job.items)
+                joined_size = None if size is None or job.size is None else size + job.size
+                joined_due = min(due_s, job.due_s if job.start_by_s is not None else due_s)
+                fits = (
+                    job.key == first.key
+                    and joined_rows <= first.max_rows
+                    and not job.abandoned
+                    and not _is_late(job, now_s)
+                    and _ends_by(first, joined_rows, joined_size, now_s, joined_due)
+                )
+                if fits:
                     batch.append(queue.pop(i))
                     self._counted(job, -1)
-                    rows += len(job.items)
+                    rows, size, due_s = joined_rows, joined_size, joined_due
                 else:
                     i += 1
             return batch, dropped
@@ -269,6 +287,7 @@ class TaskPool:
                 if batch:
                     cost_s = sum(job.cost_s for job in batch)
                     self._running[ident] = _Running(cost_s, now_s)
+                    concurrency = len(self._running)
             _deliver_all(dropped)
             if not batch:
                 continue
@@ -282,7 +301,7 @@ class TaskPool:
                 sizes = [job.size for job in batch]
                 size = None if None in sizes else sum(s for s in sizes if s is not None)
                 try:
-                    batch[0].observe(rows, size, seconds)
+                    batch[0].observe(rows, size, seconds, concurrency)
                 except Exception:  # statistics must never lose an answer
                     log.exception("%s: recording a service time failed", self.name)
             _deliver_all(outcomes)
@@ -325,8 +344,19 @@ def run_inline(job: Job, clock: Clock) -> list[Any]:
     start_s = clock()
     results = _run_chunked(job)
     if job.observe is not None:
-        job.observe(len(job.items), job.size, clock() - start_s)
+        job.observe(len(job.items), job.size, clock() - start_s, 1)
     return results
+
+
+def _ends_by(first: Job, rows: int, size: float | None, now_s: float, due_s: float) -> bool:
+    """Whether a run of ``rows`` items started now is predicted to end by ``due_s``.
+
+    A bigger batch is one run that every member waits for: on a CPU a heavy graph costs
+    about the same per row batched or not, so batching must not make a member late.
+    """
+    if first.run_tail_s is None or due_s == float("inf"):
+        return True
+    return now_s + first.run_tail_s(rows, size) <= due_s
 
 
 def _is_late(job: Job, now_s: float) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gateway.backends.base import Backend, ModelRef
+from gateway.backends.runtimes import runtimes_of
 from gateway.errors import GatewayError
 from gateway.layout import VERSION as VERSION
 from gateway.layout import sha256_file
@@ -240,8 +241,13 @@ class Registry:
             return ServedVariant(variant, ref, previous.io)
         loop = asyncio.get_running_loop()
         try:
-            if variant.runtime != "onnx":
-                raise ValueError(f"runtime '{variant.runtime}' is not served by this gateway")
+            runtimes = runtimes_of(self.backend)
+            if variant.runtime not in runtimes:
+                raise ValueError(
+                    f"runtime '{variant.runtime}' is not served by the {_kind(self.backend)} "
+                    f"backend, which runs {', '.join(sorted(runtimes))} graphs"
+                    + (" (serve it with --backend triton)" if variant.runtime == "tensorrt" else "")
+                )
             if not graph.is_file():
                 raise ValueError(f"graph file {relative} is missing")
             if sha and await loop.run_in_executor(None, sha256_file, graph) != sha:
@@ -290,3 +296,8 @@ class Registry:
         for handle in self._pending_unloads:
             handle.cancel()
         self._pending_unloads.clear()
+
+
+def _kind(backend: Backend) -> str:
+    """A backend's kind in words: ``EmbeddedBackend`` → ``embedded``."""
+    return type(backend).__name__.removesuffix("Backend").lower() or "configured"

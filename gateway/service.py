@@ -18,7 +18,7 @@ from gateway.backends.embedded import EmbeddedBackend
 from gateway.backends.triton import TritonBackend
 from gateway.config import GatewaySettings
 from gateway.dataplane import DataPlane
-from gateway.grpc.server import start_grpc_server
+from gateway.grpc.server import ADMISSION_HEADROOM, start_grpc_server
 from gateway.http.app import create_app
 from gateway.manifest import split_model_name
 from gateway.metrics import GatewayMetrics
@@ -166,6 +166,7 @@ class Gateway:
     async def _start(self) -> None:
         s = self.settings
         await self.backend.start()
+        self.dataplane.start()
         await self.registry.refresh()
         shared = s.workers > 1
         self._grpc, self.grpc_port = await start_grpc_server(
@@ -174,6 +175,7 @@ class Gateway:
             s.grpc_port,
             s.max_payload_bytes,
             reuse_port=shared,
+            max_concurrent_calls=s.max_in_flight + ADMISSION_HEADROOM,
             credentials=self.security.grpc_credentials(),
             interceptors=self.security.grpc_interceptors(),
         )

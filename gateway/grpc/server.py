@@ -15,12 +15,19 @@ class PortInUseError(OSError):
     """A server could not bind its address."""
 
 
+ADMISSION_HEADROOM = 16
+"""Calls beyond the gateway's in-flight limit that gRPC itself still lets through, so the
+data plane's own shed (with its message and metrics) answers first; past that, gRPC refuses
+before any Python runs, which keeps a flooded server responsive."""
+
+
 async def start_grpc_server(
     dataplane: DataPlane,
     host: str,
     port: int,
     max_message_bytes: int,
     reuse_port: bool = False,
+    max_concurrent_calls: int | None = None,
     *,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
@@ -33,6 +40,8 @@ async def start_grpc_server(
         port: Port to bind; 0 picks a free one.
         max_message_bytes: Largest request message; gRPC answers RESOURCE_EXHAUSTED above it.
         reuse_port: Share the port with the gateway's other worker processes.
+        max_concurrent_calls: Calls served at once; more are refused RESOURCE_EXHAUSTED by
+            gRPC (None: unlimited).
         credentials: TLS credentials; None serves plaintext.
         interceptors: Run before every call (the access check).
 
@@ -44,6 +53,7 @@ async def start_grpc_server(
     """
     server = grpc.aio.server(
         interceptors=list(interceptors),
+        maximum_concurrent_rpcs=max_concurrent_calls,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),

@@ -10,7 +10,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from wire import Wire, code_of, expected, image_input, metric
+
+from tests.support.wire import Wire, code_of, expected, image_input, metric
 
 # (parameters, headers) → (variant, reason), against the fixture's declared digits profiles:
 # fp32 q98 64 MiB p50 20 ms | fp16 q97.5 32 MiB 10 ms | int8 q96 16 MiB 5 ms | pruned q90 8 MiB 2 ms

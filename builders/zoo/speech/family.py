@@ -10,10 +10,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from builders.zoo.api import MetricSpec
+from builders.zoo.api import MetricSpec, ShapeRange
+from builders.zoo.base import FamilyBase, as_module, torch_threads
 from builders.zoo.speech import corpus, evaluation, pruning, recipe, training
 from builders.zoo.speech.model import SpeechCTC, export_onnx, load_checkpoint
-from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.base import RunGraph
 from gateway.tasks.speech import SpeechTask, log_mel
 
 PRUNE_CALIBRATION_UTTERANCES = 32
@@ -29,7 +30,7 @@ than fp32 (1 s of audio, ONNX Runtime, one thread) for 0.15 more points of WER a
 MAX_CONV_PRUNE = 0.75
 
 
-class SpeechFamily:
+class SpeechFamily(FamilyBase):
     """Zoo family over the committed speech checkpoint, eval and calibration splits."""
 
     name = "speech"
@@ -38,18 +39,12 @@ class SpeechFamily:
     assets_dir = recipe.ASSETS_DIR
     recover_budget_s = 120.0
     """pruned-25 loses 2.03 points of WER after 60 s of recovery and 1.02 after 120 s."""
-
-    def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
-        """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""
-        self.checkpoint_dir = checkpoint_dir
+    task_type = SpeechTask
+    default_checkpoint_dir = recipe.CHECKPOINT_DIR
 
     def speech_task(self) -> SpeechTask:
         """The task-level pre/post-processing, built from this family's assets."""
         return SpeechTask(self.assets_dir)
-
-    def make_task(self, assets_dir: Path) -> Task:
-        """The serving-time task over ``assets_dir`` (vocabulary and feature settings)."""
-        return SpeechTask(assets_dir)
 
     def sample_items(self, count: int) -> list[Any]:
         """Held-out waveforms (float32, 16 kHz), the form clients send, for profiling."""
@@ -83,6 +78,20 @@ class SpeechFamily:
         for i in range(min(count, len(split))):
             yield {"features": log_mel(split.waveform(i), settings)[None]}
 
+    def shape_ranges(self, max_batch_size: int) -> dict[str, ShapeRange]:
+        """``features`` [B, T, 80] up to the longest audio the task accepts."""
+        task = self.speech_task()
+        settings = task.settings
+        frames = settings.num_frames(int(task.max_duration_s * settings.sample_rate_hz))
+        typical = next(iter(self.calibration_inputs(1)))["features"].shape[1]
+        return {
+            "features": ShapeRange(
+                (1, 1, settings.n_mels),
+                (1, typical, settings.n_mels),
+                (max_batch_size, frames, settings.n_mels),
+            )
+        }
+
     def prune(self, module: nn.Module, ratio: float) -> nn.Module:
         """Remove ``ratio`` of the GRU units and more of the conv channels (least important).
 
@@ -93,31 +102,21 @@ class SpeechFamily:
             for batch in self.calibration_inputs(PRUNE_CALIBRATION_UTTERANCES)
         ]
         conv_ratio = min(CONV_PRUNE_FACTOR * ratio, MAX_CONV_PRUNE)
-        return pruning.prune(_as_speech(module), ratio, feats, conv_ratio)
+        return pruning.prune(as_module(module, SpeechCTC), ratio, feats, conv_ratio)
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
         """Fine-tune a pruned module with CTC and distillation from ``teacher``.
 
         ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
         """
-        threads = torch.get_num_threads()
         # The batches are small: one thread avoids OpenMP spinning on a busy machine.
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return training.recover(
-                _as_speech(module),
-                _as_speech(teacher),
+                as_module(module, SpeechCTC),
+                as_module(teacher, SpeechCTC),
                 self.speech_task(),
                 steps=round(budget_s * RECOVER_STEPS_PER_S),
             )
-        finally:
-            torch.set_num_threads(threads)
-
-
-def _as_speech(module: nn.Module) -> SpeechCTC:
-    if not isinstance(module, SpeechCTC):
-        raise TypeError(f"expected a SpeechCTC module, got {type(module).__name__}")
-    return module
 
 
 FAMILY = SpeechFamily()

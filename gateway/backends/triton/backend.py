@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 
 from gateway.backends.base import Backend, GraphRunner, Lease, ModelRef, loop_runner
+from gateway.backends.runtimes import runtimes_of
 from gateway.backends.triton.fleet import Fleet
 from gateway.backends.triton.health import HealthMonitor
 from gateway.backends.triton.placement import PlacementController
 from gateway.backends.triton.scheduler import Scheduler
 from gateway.backends.triton.telemetry import TritonTelemetry
 from gateway.faults import BreakerPolicy
+from gateway.layout import Runtime, runtime_of
 from gateway.metrics import GatewayMetrics
 from gateway.tasks.base import Tensor
 
@@ -28,11 +30,14 @@ class TritonBackend:
     """A ``Backend`` over Triton replicas that places variants itself, with a fallback.
 
     Nothing touches the network until :meth:`start`, which must run on the event loop that
-    will use the backend (gRPC aio channels belong to the loop that created them).
+    will use the backend (gRPC aio channels belong to the loop that created them). Triton
+    runs ONNX graphs and TensorRT plans; the fallback takes only the runtimes it runs.
     """
 
     runs_in_caller = False
     """Graph calls go through the event loop, so task code must not run on it."""
+    runtimes: frozenset[Runtime] = frozenset({"onnx", "tensorrt"})
+    """Graph runtimes Triton runs (the fallback only takes the ones it runs itself)."""
 
     def __init__(
         self,
@@ -150,15 +155,23 @@ class TritonBackend:
         """
         await self.start()
         await self.placement.register(ref)
-        if self.fallback is not None:
+        fallback = self._fallback_for(ref)
+        if fallback is not None:
             # Warm, so failing over within a deadline needs no model load.
-            await self.fallback.load(ref)
-        await self.placement.make_servable(ref, has_fallback=self.fallback is not None)
+            await fallback.load(ref)
+        await self.placement.make_servable(ref, has_fallback=fallback is not None)
+
+    def _fallback_for(self, ref: ModelRef) -> Backend | None:
+        """The fallback backend if it runs ``ref``'s graph (not a TensorRT plan on ONNX)."""
+        if self.fallback is None or runtime_of(ref.graph_path) not in runtimes_of(self.fallback):
+            return None
+        return self.fallback
 
     async def unload(self, ref: ModelRef) -> None:
         """Stop serving ``ref``: unloaded everywhere once its requests have finished."""
-        if self.fallback is not None:
-            await self.fallback.unload(ref)
+        fallback = self._fallback_for(ref)
+        if fallback is not None:
+            await fallback.unload(ref)
         await self.placement.retire(ref)
 
     def is_ready(self, ref: ModelRef) -> bool:
@@ -188,7 +201,7 @@ class TritonBackend:
 
     def can_hold(self, ref: ModelRef) -> bool:
         """Within a server's budget (or no budget), or a fallback holds it."""
-        if self.fallback is not None or self.budget_bytes is None:
+        if self._fallback_for(ref) is not None or self.budget_bytes is None:
             return True
         return ref.gpu_memory_bytes <= self.budget_bytes
 

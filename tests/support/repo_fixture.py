@@ -33,6 +33,7 @@ import onnxruntime as ort
 import sentencepiece as spm
 from onnx import TensorProto, helper, numpy_helper
 
+from gateway.layout import GRAPH_FILES, Runtime, version_dir
 from gateway.manifest import (
     Artifact,
     FamilyManifest,
@@ -203,9 +204,10 @@ class Spec:
     p50_s: float
     status: str = "published"
     precision: str = "fp32"
+    runtime: Runtime = "onnx"
 
 
-def _write_family(
+def write_family(
     repo: Path,
     family: str,
     task: str,
@@ -218,9 +220,9 @@ def _write_family(
     variants = []
     for spec in specs:
         name = model_name(family, spec.name)
-        version = repo / name / "1"
+        version = version_dir(repo, name)
         version.mkdir(parents=True, exist_ok=True)
-        (version / "model.onnx").write_bytes(spec.graph)
+        (version / GRAPH_FILES[spec.runtime]).write_bytes(spec.graph)
         for file, content in assets.items():
             (version / file).write_bytes(content)
         variants.append(
@@ -230,11 +232,12 @@ def _write_family(
                 status=spec.status,  # type: ignore[arg-type]
                 rejection_reason=None if spec.status == "published" else "quality drop too large",
                 recommended=spec.status == "published",
+                runtime=spec.runtime,
                 precision=spec.precision,  # type: ignore[arg-type]
                 pruning_ratio=0.5 if "pruned" in spec.name else 0.0,
                 artifacts=[
                     Artifact(
-                        path=f"{name}/1/model.onnx",
+                        path=(version / GRAPH_FILES[spec.runtime]).relative_to(repo).as_posix(),
                         sha256=hashlib.sha256(spec.graph).hexdigest(),
                         size_bytes=len(spec.graph),
                     )
@@ -258,7 +261,7 @@ def _write_family(
         outputs=outputs,
         assets=sorted(assets),
         built_at="2026-01-01T00:00:00Z",
-        source="tests/integration/repo_fixture.py",
+        source="tests/support/repo_fixture.py",
         variants=variants,
     )
     write_manifest(repo, manifest)
@@ -344,7 +347,7 @@ def build_repository(root: Path) -> Path:
     repo = root / "repo"
     repo.mkdir(parents=True)
     tiny = image_graph()
-    _write_family(
+    write_family(
         repo,
         "digits",
         "image-labels",
@@ -360,7 +363,7 @@ def build_repository(root: Path) -> Path:
         IMAGE_OUT,
     )
     speech = speech_graph()
-    _write_family(
+    write_family(
         repo,
         "speech",
         "audio-text",
@@ -371,7 +374,7 @@ def build_repository(root: Path) -> Path:
     )
     assets, vocab = _translation_assets(root)
     copy = copy_graph(vocab)
-    _write_family(
+    write_family(
         repo,
         "translation",
         "text-text",
@@ -384,7 +387,7 @@ def build_repository(root: Path) -> Path:
         [TensorSpec(name="logits", datatype="FP32", dims=[vocab])],
     )
     heavy = image_graph(heavy_rows=128, heavy_layers=16)
-    _write_family(
+    write_family(
         repo,
         "busy",
         "image-labels",
@@ -397,7 +400,7 @@ def build_repository(root: Path) -> Path:
         IMAGE_OUT,
     )
     slow = image_graph(heavy_rows=256, heavy_layers=60)
-    _write_family(
+    write_family(
         repo,
         "slow",
         "image-labels",
@@ -407,7 +410,7 @@ def build_repository(root: Path) -> Path:
         IMAGE_OUT,
         max_batch_size=0,
     )
-    _write_family(
+    write_family(
         repo,
         "flaky",
         "image-labels",
