@@ -157,8 +157,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per path")
     parser.add_argument("--keys", type=int, default=50, help="other keys in the key file")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from repo_fixture import build_repository
+    sys.path.insert(0, str(ROOT))
+    from tests.support.repo_fixture import build_repository
 
     key = new_key()
     image = png_224()

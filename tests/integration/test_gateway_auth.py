@@ -14,9 +14,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
-from wire import PROTOCOLS, Wire, code_of, expected, image_input, metric, objects
 
 from gateway.auth import hash_key, new_key
+from tests.support.wire import PROTOCOLS, Wire, code_of, expected, image_input, metric, objects
 
 INFER_KEY, OPS_KEY, METRICS_KEY = new_key(), new_key(), new_key()
 PAYLOAD_TEXT = "a secret sentence that must never reach a log"

@@ -12,7 +12,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
-from wire import PROTOCOLS, Wire, code_of, objects, png, tone, wav
+
+from tests.support.wire import PROTOCOLS, Wire, code_of, objects, png, tone, wav
 
 LIMITS = {
     "max_items_per_request": 8,

@@ -22,18 +22,19 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
-from repo_fixture import (
+from tritonclient.utils import InferenceServerException
+
+from tests.support.repo_fixture import (
     IMAGE_IN,
     IMAGE_OUT,
     Spec,
     _const,
     _model,
-    _write_family,
     image_assets,
     image_graph,
+    write_family,
 )
-from tritonclient.utils import InferenceServerException
-from wire import Wire, image_input, metric
+from tests.support.wire import Wire, image_input, metric
 
 CHECK_S = 0.5
 
@@ -80,7 +81,7 @@ def qgw(tmp_path, gateway_factory):
     repo = tmp_path / "repo"
     repo.mkdir()
     tiny = image_graph()
-    _write_family(
+    write_family(
         repo,
         "fragile",
         "image-labels",
@@ -92,7 +93,7 @@ def qgw(tmp_path, gateway_factory):
         IMAGE_IN,
         IMAGE_OUT,
     )
-    _write_family(
+    write_family(
         repo,
         "crooked",
         "image-labels",

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from wire import Wire, image_input, metric
 
 from gateway.manifest import load_manifest, manifest_path, write_manifest
+from tests.support.wire import Wire, image_input, metric
 
 RELOAD_INTERVAL_S = 0.1
 

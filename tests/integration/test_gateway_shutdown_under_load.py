@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import httpx
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
-from wire import Wire, image_input
+
+from tests.support.wire import Wire, image_input
 
 MARGIN_S = 0.02
 """Requests sent less than this before the signal may still be on their way to the server."""

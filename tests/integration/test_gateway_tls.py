@@ -17,9 +17,9 @@ from certs import CertificateAuthority, Issued
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
-from wire import Wire, image_input, metric
 
 from gateway.auth import hash_key, new_key
+from tests.support.wire import Wire, image_input, metric
 
 
 class PKI:

@@ -17,11 +17,10 @@ import time
 import pytest
 import tritonclient.grpc as grpcclient
 from certs import CertificateAuthority
-from test_triton_gateway import subset
 from tritonclient.utils import InferenceServerException
-from wire import Wire, image_input, metric
 
-from tests.conftest import python_flavour
+from tests.support.triton import python_flavour, subset
+from tests.support.wire import Wire, image_input, metric
 
 FAULT = """
         if os.path.exists(os.path.join(os.path.dirname(__file__), "FAIL")):
