@@ -3,8 +3,8 @@
 A real ``gateway serve`` process gets steady load from gRPC and HTTP client threads, a part
 of it on a variant that takes tens of milliseconds, so requests are in flight when the
 signal arrives. Each request sent before the signal must succeed; those sent after may be
-refused at the connection (gRPC UNAVAILABLE, HTTP connect or disconnect before any
-response), which a client can safely retry, and nothing else. The process exits 0.
+refused at the connection (gRPC UNAVAILABLE or CANCELLED, HTTP connect or disconnect before
+any response), which a client can safely retry, and nothing else. The process exits 0.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class Traffic:
                 wire.infer(model, image_input(200))
                 self.outcomes.append(Outcome(started, ok=True))
             except InferenceServerException as exc:
-                refused = str(exc.status()) == "StatusCode.UNAVAILABLE"
+                # Refused, not taken: the server is gone or shutting down. (Before the signal
+                # even these count as lost, below.)
+                refused = str(exc.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED")
                 self.outcomes.append(Outcome(started, False, refused, f"grpc {exc}"))
                 time.sleep(0.01)
 
