@@ -52,6 +52,18 @@ class GatewaySettings(BaseSettings):
     max_queue: int = Field(256, ge=1)
     """Requests waiting for a worker of the compute pool; a full queue sheds (429)."""
 
+    target_utilization: float = Field(0.85, gt=0, le=4)
+    """Share of the compute's capacity that routing keeps for the most accurate variants:
+    while the work admitted per second exceeds it, each request goes to the cheapest
+    variant that meets its budget, so overload is served at the fastest variant's capacity
+    instead of being shed from a queue of big variants."""
+
+    queue_headroom: float = Field(0.5, ge=0, le=10)
+    """How much longer than predicted a wait may turn out for a variant dearer than the
+    cheapest that fits: it is chosen only if it fits with its wait counted ``1 +
+    queue_headroom`` times. A queue that builds behind it then still fits on a cheaper
+    variant instead of being shed; an idle pool is unaffected."""
+
     default_latency_budget_ms: float | None = Field(None, gt=0)
     """Latency budget applied when a request states none; None means unbounded."""
     default_gpu_memory_budget_mb: float | None = Field(None, gt=0)

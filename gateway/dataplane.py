@@ -42,7 +42,7 @@ from gateway.manifest import split_model_name
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics, VariantState
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
 from gateway.request_log import log_request, request_id
-from gateway.routing.live import Clock, LiveLoad, ServiceModels
+from gateway.routing.live import Clock, LiveLoad, ServiceModels, WorkRate
 from gateway.routing.loop_lag import LoopLag
 from gateway.routing.selector import Estimate, select
 from gateway.routing.service_time import Prediction, ServiceModel
@@ -158,6 +158,7 @@ class DataPlane:
         self.info = ServerInfo(SERVER_NAME, server_version(), EXTENSIONS)
         self.live = LiveLoad(table)
         self.loop_lag = LoopLag(clock)
+        self.work_rate = WorkRate(clock)
         self._lag_weight = settings.observed_weight
         self.models = ServiceModels(settings.observed_weight, settings.live_min_samples, table)
         self.default_budget = Budget(
@@ -477,6 +478,7 @@ class DataPlane:
             idle_p50_s=prediction.idle_p50_s,
             idle_p95_s=prediction.idle_p95_s,
             service_p95_s=prediction.p95_s,
+            service_p50_s=prediction.p50_s,
             wait_s=wait_s,
             in_flight=self.live.in_flight(served.variant.model_name),
         )
@@ -511,6 +513,9 @@ class DataPlane:
                 # Time spent so far, plus what it waited for the loop to get to it.
                 elapsed_s=self.clock() - start_s + self._lag_weight * self.loop_lag.lag_s,
                 pinned=pinned,
+                utilization=self.work_rate.per_s() / pool.threads,
+                target_utilization=self.settings.target_utilization,
+                queue_headroom=self.settings.queue_headroom,
             )
         except CapacityExhaustedError:
             self.metrics.shed_total.labels(family.manifest.family, "variants").inc()
@@ -650,6 +655,7 @@ class DataPlane:
             items=items,
             run=run_task,
             cost_s=admission.cost_s,
+            tail_s=admission.tail_s,
             max_rows=max(1, served.ref.max_batch_size),
             due_s=due_s,
             start_by_s=start_by_s,
@@ -661,6 +667,7 @@ class DataPlane:
             run_tail_s=lambda rows, size: model.p95_s(rows, size, concurrency),
         )
         self.live.begin(key)
+        self.work_rate.add(admission.cost_s)
         try:
             if self._inline(admission, len(items)):
                 return io.pack(run_inline(job, clock))

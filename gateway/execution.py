@@ -45,7 +45,9 @@ class Job:
         key: Jobs with equal keys may share one task run (same variant, lease, options).
         items: Task-level items; results come back in the same order.
         run: Runs the task on a list of items; every job with this key runs the same way.
-        cost_s: Predicted service seconds of this job alone, for the pool's work ahead.
+        cost_s: Predicted (median) service seconds of this job alone, for the work ahead.
+        tail_s: Predicted tail (p95) service seconds: while it runs, when its thread is
+            counted free again (a run near its end is where lateness comes from).
         max_rows: Most items one task run may take (the graph's batch limit, at least 1).
         due_s: Clock time the answer is due; jobs due first run first.
         start_by_s: Latest clock time the job may start and still finish within its budget;
@@ -74,13 +76,14 @@ class Job:
     size: float | None = None
     observe: Callable[[int, float | None, float, int], None] | None = None
     run_tail_s: Callable[[int, float | None], float] | None = None
+    tail_s: float | None = None
     abandoned: bool = False
     """Set on the loop when nobody waits for the result any more (timeout, cancellation)."""
 
 
 @dataclass
 class _Running:
-    cost_s: float
+    tail_s: float
     started_s: float
 
 
@@ -95,7 +98,7 @@ class PoolStats:
         queued: Jobs waiting for a worker.
         running: Task runs executing.
         work_ahead_s: Predicted seconds of work queued ahead plus the rest of what is
-            running, summed over jobs.
+            running (to its tail), summed over jobs.
         wait_s: Predicted seconds before a new job starts: the work ahead laid out on the
             threads, each taking the next job as it frees up.
         threads: Worker threads.
@@ -203,18 +206,14 @@ class TaskPool:
         """
         now = self._clock()
         with self._cond:
-            remaining = [max(0.0, r.cost_s - (now - r.started_s)) for r in self._running.values()]
+            remaining = [max(0.0, r.tail_s - (now - r.started_s)) for r in self._running.values()]
             ahead = [job.cost_s for job in self._queue.due_by(due_s)]
             queued = len(self._queue.jobs)
-        # When each thread frees up; a queued job ahead takes the first free one.
-        free = sorted([*remaining, *[0.0] * max(0, self.threads - len(remaining))])
-        for cost_s in ahead:
-            heapq.heapreplace(free, free[0] + cost_s)
         return PoolStats(
             queued=queued,
             running=len(remaining),
             work_ahead_s=sum(remaining) + sum(ahead),
-            wait_s=free[0] if free else 0.0,
+            wait_s=predicted_wait_s(remaining, ahead, self.threads),
             threads=self.threads,
             concurrency_next=min(self.threads, len(remaining) + len(ahead) + 1),
         )
@@ -285,8 +284,7 @@ class TaskPool:
                 now_s = self._clock()
                 batch, dropped = self._take(now_s)
                 if batch:
-                    cost_s = sum(job.cost_s for job in batch)
-                    self._running[ident] = _Running(cost_s, now_s)
+                    self._running[ident] = _Running(_batch_tail_s(batch), now_s)
                     concurrency = len(self._running)
             _deliver_all(dropped)
             if not batch:
@@ -339,6 +337,24 @@ class TaskPool:
         return out, seconds
 
 
+def predicted_wait_s(remaining_s: list[float], ahead_s: list[float], threads: int) -> float:
+    """When a new job starts: the work ahead laid out on ``threads`` workers.
+
+    Args:
+        remaining_s: Predicted seconds left of each run executing now.
+        ahead_s: Predicted seconds of each queued job that runs first, in order.
+        threads: Worker threads.
+
+    Each queued job takes the thread that frees up first; the new job takes the next one.
+    """
+    free = sorted([*remaining_s, *[0.0] * max(0, threads - len(remaining_s))])
+    if not free:
+        return 0.0
+    for cost_s in ahead_s:
+        heapq.heapreplace(free, free[0] + cost_s)
+    return free[0]
+
+
 def run_inline(job: Job, clock: Clock) -> list[Any]:
     """Run ``job`` in the calling thread, reporting its run time as a worker would."""
     start_s = clock()
@@ -346,6 +362,16 @@ def run_inline(job: Job, clock: Clock) -> list[Any]:
     if job.observe is not None:
         job.observe(len(job.items), job.size, clock() - start_s, 1)
     return results
+
+
+def _batch_tail_s(batch: list[Job]) -> float:
+    """Predicted tail seconds of one run of a batch."""
+    first = batch[0]
+    if len(batch) > 1 and first.run_tail_s is not None:
+        sizes = [job.size for job in batch]
+        size = None if None in sizes else sum(s for s in sizes if s is not None)
+        return first.run_tail_s(sum(len(job.items) for job in batch), size)
+    return sum(job.cost_s if job.tail_s is None else job.tail_s for job in batch)
 
 
 def _ends_by(first: Job, rows: int, size: float | None, now_s: float, due_s: float) -> bool:
@@ -366,8 +392,8 @@ def _is_late(job: Job, now_s: float) -> bool:
 def _late(job: Job, now_s: float) -> BackendTimeoutError:
     late_ms = (now_s - (job.start_by_s or now_s)) * 1000
     return BackendTimeoutError(
-        "dropped before it ran: it could no longer finish within its latency budget "
-        f"(reached {late_ms:.1f} ms after its last possible start)"
+        "dropped before it ran: it could no longer finish by its deadline (latency budget "
+        f"or timeout); a worker reached it {late_ms:.1f} ms after its last possible start"
     )
 
 

@@ -7,6 +7,7 @@ processes each decision counts every worker's requests and learns from every wor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from gateway.manifest import FamilyManifest, Variant
@@ -60,6 +61,34 @@ class LiveLoad:
     def queued(self, key: str) -> int:
         """Jobs of ``key`` waiting in every worker's pool."""
         return int(self.table.total(self.table.column(key), QUEUED))
+
+
+class WorkRate:
+    """Predicted seconds of work admitted per second, smoothed over ``time_constant_s``.
+
+    Against the compute's threads this is its utilisation as demand sees it: unlike busy
+    time it keeps growing past 100 %, so it tells overload from full use.
+    """
+
+    def __init__(self, clock: Clock, time_constant_s: float = 0.25) -> None:
+        """Start at zero."""
+        self._clock = clock
+        self.time_constant_s = time_constant_s
+        self._rate = 0.0
+        self._at = clock()
+
+    def _decayed(self, now: float) -> float:
+        return self._rate * math.exp(-max(0.0, now - self._at) / self.time_constant_s)
+
+    def add(self, work_s: float) -> None:
+        """``work_s`` seconds of work were admitted now."""
+        now = self._clock()
+        self._rate = self._decayed(now) + work_s / self.time_constant_s
+        self._at = now
+
+    def per_s(self) -> float:
+        """Seconds of work admitted per second, now."""
+        return self._decayed(self._clock())
 
 
 class ServiceModels:

@@ -12,7 +12,7 @@ concurrency the run will execute.
 
 Online, each finished run reports its measured seconds and the concurrency it ran at; the
 ratio measured / predicted (at that concurrency) enters an exponentially weighted mean and a
-running 95th percentile, and ``observed_weight`` blends them into every prediction.
+95th percentile over the last runs, and ``observed_weight`` blends them into every prediction.
 Execution time, not queueing, is what is observed (queueing is predicted from the pool's
 queue), so a burst that is shed leaves no stale latency behind: the correction says how
 fast the variant runs now on this machine.
@@ -21,6 +21,7 @@ fast the variant runs now on this machine.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -169,7 +170,7 @@ class Measured:
 
     Attributes:
         ratio: Running mean of measured / profiled seconds.
-        tail: Running estimate of the ratio's 95th percentile.
+        tail: The ratio's 95th percentile over the recent runs.
         samples: Runs measured.
     """
 
@@ -180,6 +181,8 @@ class Measured:
 
 TAIL_QUANTILE = 0.95
 """The quantile ``Measured.tail`` tracks."""
+TAIL_WINDOW = 64
+"""Recent runs (of this process) the tail is taken over."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ class ServiceModel:
         self.min_samples = min_samples
         self.smoothing = smoothing
         self.learning = learning or Learning()
+        self._recent: deque[float] = deque(maxlen=TAIL_WINDOW)
         self._lock = threading.Lock()
 
     def _base_p50_s(self, rows: int, size: float | None, concurrency: int = 1) -> float:
@@ -330,16 +334,12 @@ class ServiceModel:
             r = min(MAX_RATIO, max(MIN_RATIO, r))
         with self._lock:
             old = self.learning.own()
-            if old.samples == 0:
-                new = Measured(r, r, 1)
-            else:
-                ratio = old.ratio + self.smoothing * (r - old.ratio)
-                # A running quantile: up by q of a step when above it, down by 1 - q below.
-                step = self.smoothing * max(old.ratio, 1e-9)
-                above = r > old.tail
-                tail = old.tail + step * (TAIL_QUANTILE if above else TAIL_QUANTILE - 1.0)
-                new = Measured(ratio, max(tail, ratio), old.samples + 1)
-            self.learning.write(new)
+            self._recent.append(r)
+            ratio = r if old.samples == 0 else old.ratio + self.smoothing * (r - old.ratio)
+            # The tail of the recent runs: follows a slowdown and its end within a window.
+            ordered = sorted(self._recent)
+            tail = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
+            self.learning.write(Measured(ratio, max(tail, ratio), old.samples + 1))
 
     @property
     def samples(self) -> int:

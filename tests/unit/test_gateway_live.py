@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gateway.manifest import LatencyPoint, SizePoint
-from gateway.routing.live import LiveLoad
+from gateway.routing.live import LiveLoad, WorkRate
 from gateway.routing.loop_lag import LoopLag
 from gateway.routing.service_time import ServiceModel, fit_profile
 
@@ -140,3 +142,24 @@ def test_loop_lag_follows_a_backlog_not_a_single_slow_step():
     assert lag.lag_s == pytest.approx(0.020)  # every wake-up late: a backlog
     lag.record(-0.001)  # early wake-ups count as on time
     assert lag.lag_s >= 0.0
+
+
+def test_work_rate_adds_admitted_work_and_decays():
+    now = [0.0]
+    rate = WorkRate(clock=lambda: now[0], time_constant_s=1.0)
+    for _ in range(10):
+        rate.add(0.1)  # one second of work admitted at once
+    assert rate.per_s() == pytest.approx(1.0)
+    now[0] = 1.0
+    assert rate.per_s() == pytest.approx(math.exp(-1.0))
+
+
+def test_the_tail_follows_the_end_of_a_slowdown():
+    fit = fit_profile([point(1, 0.010)])
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=5)
+    for _ in range(100):
+        model.observe(1, None, 0.050)  # five times slower during a burst
+    assert model.p95_s(1) == pytest.approx(0.050, rel=0.05)
+    for _ in range(64):
+        model.observe(1, None, 0.010)  # back to the profile
+    assert model.p95_s(1) < 0.015  # within one window of runs, not minutes
