@@ -21,7 +21,7 @@ import asyncio
 import importlib.metadata
 import time
 from collections.abc import Hashable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.backends.base import Backend, Lease
@@ -36,9 +36,12 @@ from gateway.errors import (
     VariantUnavailableError,
 )
 from gateway.execution import Job, PoolStats, TaskPool, run_inline
+from gateway.faults import PROBE_ITEMS
+from gateway.limits import Limits
 from gateway.manifest import split_model_name
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics, VariantState
 from gateway.registry import VERSION, Registry, ServedFamily, ServedVariant
+from gateway.request_log import log_request, request_id
 from gateway.routing.live import Clock, LiveLoad, ServiceModels, WorkRate
 from gateway.routing.loop_lag import LoopLag
 from gateway.routing.selector import Estimate, select
@@ -47,6 +50,7 @@ from gateway.routing.shared import SharedTable
 from gateway.taskio import TASK_IO, TensorInfo
 from gateway.tasks.base import MAIN_GRAPH, Tensor
 from gateway.types import Budget, InferRequest, InferResponse, NamedTensor, Selection
+from gateway.variant_health import VariantHealth
 
 ROUTER_PLATFORM = "variant-router"
 """``platform`` reported for a family name, which routes across variants."""
@@ -171,6 +175,10 @@ class DataPlane:
             clock=clock,
             on_queue=self.live.queue_changed,
         )
+        self.limits = Limits.from_settings(settings)
+        """Request limits; the transports check the wire-level ones, ``_infer`` the items."""
+        self.health = VariantHealth(settings.quarantine_policy, self._probe, metrics, clock)
+        """Variants quarantined after run-time failures, and their health checks."""
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -293,7 +301,39 @@ class DataPlane:
                     ready=served.ready,
                     in_flight=self.live.in_flight(key),
                     queue_depth=self.live.queued(key) + self.backend.queue_depth(served.ref),
+                    quarantined=self.health.is_quarantined(served),
                 )
+
+    # -- repository control (admin) ------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        """Read a family's manifest again now (serving it again if it was unloaded).
+
+        Raises:
+            ModelNotFoundError: The repository has no such family.
+            VariantUnavailableError: Its manifest or every variant failed to load.
+        """
+        family, _ = split_model_name(name)
+        await self.registry.load(family)
+        self._resolve(family, "")
+        if not self.model_ready(family):
+            raise VariantUnavailableError(f"model '{family}' loaded but no variant can serve")
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving a family until it is loaded again.
+
+        Raises:
+            InvalidRequestError: ``name`` is a variant (the manifest decides those).
+            ModelNotFoundError: No such family is served.
+        """
+        family, variant = split_model_name(name)
+        if variant is not None:
+            raise InvalidRequestError(
+                f"unload takes a family, not a variant; to stop serving {name}, reject it in "
+                f"the {family} manifest"
+            )
+        if not await self.registry.unload(family):
+            raise ModelNotFoundError(f"unknown model '{family}'")
 
     # -- inference -----------------------------------------------------------------------
 
@@ -305,6 +345,27 @@ class DataPlane:
         """
         start_s = self.clock()
         labels = _Labels()
+        rid = request_id(request.request_id, request.headers)
+        code = "INTERNAL"
+        try:
+            response = await self._counted(replace(request, request_id=rid), labels, start_s)
+            code = "OK"
+            return response
+        except GatewayError as exc:
+            code = exc.code_name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away
+            raise
+        finally:
+            log_request(
+                rid, request.protocol, labels.model, labels.variant, code, self.clock() - start_s
+            )
+
+    async def _counted(
+        self, request: InferRequest, labels: _Labels, start_s: float
+    ) -> InferResponse:
+        """:meth:`infer` with its metrics: shed at capacity, outcome, latency, budget."""
         if self.live.total >= self.settings.max_in_flight:
             family, _ = split_model_name(request.model_name)
             model = family if family in self.registry.snapshot.families else UNKNOWN_MODEL
@@ -352,6 +413,7 @@ class DataPlane:
         io = candidates[0].io
         assert io is not None  # candidates are ready, so their io is loaded
         items = io.items(_by_name(request.inputs))
+        self.limits.check_items(family.manifest.task, items)
         options = io.options(task_parameters(request.parameters))
         wanted = _check_outputs(request.requested_outputs, io.outputs)
         # Sizes count only where the profile measured latency against them.
@@ -361,17 +423,31 @@ class DataPlane:
         due_s = deadline_s
         if budget.latency_budget_s is not None:
             due_s = min(deadline_s, start_s + budget.latency_budget_s)
-        admission = await self._admit(
-            family, candidates, budget, len(items), size, pin is not None, start_s, due_s
-        )
-        labels.variant = admission.served.variant.name
-        self.metrics.variant(labels.model, labels.variant).selection(admission.selection.reason)
-        try:
-            outputs = await self._run(
-                admission, items, options, budget, start_s, due_s, deadline_s, labels
+        while True:
+            admission = await self._admit(
+                family, candidates, budget, len(items), size, pin is not None, start_s, due_s
             )
-        finally:
-            self.backend.release(admission.lease)
+            labels.variant = admission.served.variant.name
+            bound = self.metrics.variant(labels.model, labels.variant)
+            bound.selection(admission.selection.reason)
+            try:
+                outputs = await self._run(
+                    admission, items, options, budget, start_s, due_s, deadline_s, labels
+                )
+            except Exception as exc:
+                failed = admission.served
+                if not self.health.failed(family, failed, exc) or pin is not None:
+                    raise
+                # The variant's own fault: once more on the next variant, if time is left.
+                candidates = [c for c in candidates if c.ref != failed.ref]
+                if not candidates or self.clock() >= due_s:
+                    raise
+                self.metrics.retries_total.labels(labels.model).inc()
+                continue
+            finally:
+                self.backend.release(admission.lease)
+            self.health.succeeded(admission.served)
+            break
         if wanted is not None:
             outputs = [o for o in outputs if o.name in wanted]
         response = InferResponse(
@@ -476,14 +552,15 @@ class DataPlane:
             pool.concurrency_next,
         )
 
-    @staticmethod
-    def _candidates(family: ServedFamily, pin: str | None) -> list[ServedVariant]:
+    def _candidates(self, family: ServedFamily, pin: str | None) -> list[ServedVariant]:
+        self.health.prepare(family)
         if pin is not None:
             served = family.variants[pin]
             if not served.ready:
                 raise VariantUnavailableError(
                     f"{served.variant.model_name} cannot serve: {served.error}"
                 )
+            self.health.check_pinned(served)
             return [served]
         ready = family.ready_variants()
         if not ready:
@@ -491,7 +568,34 @@ class DataPlane:
             raise VariantUnavailableError(
                 f"no variant of '{family.manifest.family}' can serve: {why or 'none published'}"
             )
-        return ready
+        return self.health.in_service(family, ready)
+
+    async def _probe(self, family: ServedFamily, served: ServedVariant) -> None:
+        """A health check: run ``served`` on its task's canned item, as a request would.
+
+        Raises:
+            Exception: Whatever the run raised; a variant whose task has no canned item
+                passes once its wait is over (the next failure quarantines it again).
+        """
+        make_items = PROBE_ITEMS.get(family.manifest.task)
+        io = served.io
+        if make_items is None or io is None:
+            return
+        timeout_s = self.settings.request_timeout_s
+        lease = await self.backend.acquire([served.ref], timeout_s)
+        try:
+            runner = self.backend.graph_runner(lease, asyncio.get_running_loop())
+
+            def run_graph(
+                inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
+            ) -> Mapping[str, Tensor]:
+                return runner(inputs, timeout_s)
+
+            items = make_items()
+            results = await asyncio.to_thread(io.run, items, run_graph, io.options({}))
+            io.pack(results)
+        finally:
+            self.backend.release(lease)
 
     def _holdable(
         self, family: ServedFamily, candidates: list[ServedVariant]
@@ -623,6 +727,7 @@ class DataPlane:
 
     async def close(self) -> None:
         """Stop the task pool (queued jobs fail; running ones finish in the background)."""
+        await self.health.close()
         await self.loop_lag.stop()
         self.pool.close()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
-from tritonclient.grpc import service_pb2_grpc
 
 from gateway.dataplane import DataPlane
+from gateway.grpc.decoding import register_servicer
 from gateway.grpc.servicer import InferenceServicer
 
 
@@ -26,6 +28,9 @@ async def start_grpc_server(
     max_message_bytes: int,
     reuse_port: bool = False,
     max_concurrent_calls: int | None = None,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving the KServe v2 gRPC API on ``host:port``.
 
@@ -37,6 +42,8 @@ async def start_grpc_server(
         reuse_port: Share the port with the gateway's other worker processes.
         max_concurrent_calls: Calls served at once; more are refused RESOURCE_EXHAUSTED by
             gRPC (None: unlimited).
+        credentials: TLS credentials; None serves plaintext.
+        interceptors: Run before every call (the access check).
 
     Returns:
         The running server and the port it bound.
@@ -45,6 +52,7 @@ async def start_grpc_server(
         PortInUseError: The address could not be bound.
     """
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         maximum_concurrent_rpcs=max_concurrent_calls,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -53,11 +61,13 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane), server
-    )
+    register_servicer(InferenceServicer(dataplane), server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise PortInUseError(f"cannot bind gRPC to {host}:{port}: {exc}") from exc
     if bound == 0:

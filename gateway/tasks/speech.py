@@ -34,6 +34,9 @@ from gateway.tasks.ctc_lexicon import LexiconDecoder
 
 FloatArray = npt.NDArray[np.float32]
 
+MAX_SAMPLE_PEAK = 4.0
+"""Largest sample magnitude accepted: well above [-1, 1] for clipped or resampled audio, far
+below where the power spectrum overflows float32."""
 ASSET_FILE = "speech.json"
 """Name of the task's asset file inside a family's (or variant's) assets directory."""
 
@@ -145,6 +148,21 @@ def resample(waveform: FloatArray, rate_hz: int, target_rate_hz: int) -> FloatAr
 
 
 _PCM_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
+MAX_RESAMPLE_FACTOR = 2000
+"""Largest up or down factor of a rate conversion (after dividing out the rates' GCD).
+
+Polyphase resampling builds a filter of about 20 taps per unit of the larger factor, so an
+odd rate such as 1,000,003 Hz would cost seconds (or gigabytes) for a few samples. Every
+standard rate (8, 11.025, 22.05, 44.1, 48, 96, 192 kHz ...) is far below the bound."""
+
+
+def _check_rate(rate_hz: int, target_rate_hz: int) -> None:
+    g = math.gcd(rate_hz, target_rate_hz)
+    if max(rate_hz, target_rate_hz) // g > MAX_RESAMPLE_FACTOR:
+        raise TaskInputError(
+            f"unsupported WAV sample rate {rate_hz} Hz: use a standard rate such as 8000, "
+            "16000, 22050, 44100 or 48000 Hz"
+        )
 
 
 def decode_wav(
@@ -169,10 +187,11 @@ def decode_wav(
         with wave.open(io.BytesIO(data), "rb") as wav:
             channels, width, rate_hz = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             raw = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError, ValueError) as exc:
-        raise TaskInputError(f"cannot decode WAV audio: {exc}") from exc
+    except Exception as exc:  # wave raises wave.Error, EOFError, ValueError, RuntimeError…
+        raise TaskInputError(f"cannot decode WAV audio: {exc or type(exc).__name__}") from exc
     if width not in _PCM_SCALE or channels < 1 or rate_hz <= 0:
         raise TaskInputError(f"unsupported WAV format: {width * 8}-bit, {channels} channels")
+    _check_rate(rate_hz, target_rate_hz)
     num_frames = len(raw) // (width * channels)
     if max_duration_s is not None and num_frames > max_duration_s * rate_hz:
         raise TaskInputError(
@@ -231,6 +250,12 @@ class SpeechTask:
             raise TaskInputError("empty audio")
         if not np.isfinite(waveform).all():
             raise TaskInputError("audio contains NaN or infinite samples")
+        peak = float(np.abs(waveform).max())
+        if peak > MAX_SAMPLE_PEAK:  # e.g. int16 values sent as floats: features would overflow
+            raise TaskInputError(
+                f"samples must be floats in [-1, 1]; this audio peaks at {peak:g} "
+                "(divide 16-bit samples by 32768)"
+            )
         duration_s = waveform.size / self.settings.sample_rate_hz
         if duration_s > self.max_duration_s:
             raise TaskInputError(

@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import grpc
+
 from gateway.backends.base import Backend, GraphRunner, Lease, ModelRef, loop_runner
 from gateway.backends.runtimes import runtimes_of
 from gateway.backends.triton.fleet import Fleet
@@ -18,6 +20,7 @@ from gateway.backends.triton.health import HealthMonitor
 from gateway.backends.triton.placement import PlacementController
 from gateway.backends.triton.scheduler import Scheduler
 from gateway.backends.triton.telemetry import TritonTelemetry
+from gateway.faults import BreakerPolicy
 from gateway.layout import Runtime, runtime_of
 from gateway.metrics import GatewayMetrics
 from gateway.tasks.base import Tensor
@@ -48,6 +51,8 @@ class TritonBackend:
         probe_interval_s: float = 1.0,
         load_timeout_s: float = 120.0,
         demand_window_s: float = 30.0,
+        breaker_policy: BreakerPolicy | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,6 +72,8 @@ class TritonBackend:
                 probe's timeout.
             load_timeout_s: Seconds one model load may take.
             demand_window_s: Time constant of the decaying demand counts.
+            breaker_policy: Each server's circuit breaker (``gateway.faults``).
+            channel_credentials: TLS credentials of the channels (None: plaintext).
             metrics: Receives health, placement and run metrics.
             clock: Monotonic seconds.
         """
@@ -79,6 +86,7 @@ class TritonBackend:
         self.fallback = fallback
         self.budget_bytes = gpu_memory_budget_bytes
         self.channels_per_server = channels_per_server
+        self.channel_credentials = channel_credentials
         self.telemetry = TritonTelemetry(metrics)
         self.fleet = Fleet(urls, metrics_urls, clock)
         self.placement = PlacementController(
@@ -92,7 +100,14 @@ class TritonBackend:
         )
         self.health = HealthMonitor(self.fleet, self.placement, self.telemetry, probe_interval_s)
         self.scheduler = Scheduler(
-            self.fleet, self.placement, self.health, self.telemetry, fallback, load_timeout_s
+            self.fleet,
+            self.placement,
+            self.health,
+            self.telemetry,
+            fallback,
+            load_timeout_s,
+            breaker_policy=breaker_policy,
+            metrics=metrics,
         )
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -108,7 +123,7 @@ class TritonBackend:
                 return
             self.fleet.open()
             for replica in self.fleet:
-                replica.open(self.channels_per_server)
+                replica.open(self.channels_per_server, self.channel_credentials)
                 self.telemetry.server_healthy(replica.url, False)
                 if self.budget_bytes is not None:
                     self.telemetry.budget(replica.url, self.budget_bytes)
