@@ -54,9 +54,9 @@ class GatewaySettings(BaseSettings):
 
     target_utilization: float = Field(0.85, gt=0, le=4)
     """Share of the compute's capacity that routing keeps for the most accurate variants:
-    while the work admitted per second exceeds it, each request goes to the cheapest
-    variant that meets its budget, so overload is served at the fastest variant's capacity
-    instead of being shed from a queue of big variants."""
+    while the pool's threads are busier than this (measured run time per second), each
+    request goes to the cheapest variant that meets its budget, so overload is served at
+    the fastest variant's capacity instead of being shed from a queue of big variants."""
 
     queue_headroom: float = Field(0.5, ge=0, le=10)
     """How much longer than predicted a wait may turn out for a variant dearer than the
@@ -144,6 +144,10 @@ class GatewaySettings(BaseSettings):
     live_min_samples: int = Field(5, ge=1)
     """Measured runs of a variant at which their correction of its profile reaches full
     weight."""
+    observed_stale_s: float = Field(3.0, gt=0)
+    """Seconds over which what a variant's runs measured fades once no new run comes: a
+    variant routing stopped choosing during a slow spell is predicted from its profile
+    again, and tried again, instead of being judged on that spell for good."""
     observed_weight: float = Field(1.0, ge=0, le=1)
     """Weight of what the gateway measures live (service times, the event loop's lag)
     against the profiles; 0 routes on the profiles alone."""

@@ -166,8 +166,8 @@ class Gateway:
     async def _start(self) -> None:
         s = self.settings
         await self.backend.start()
-        self.dataplane.start()
         await self.registry.refresh()
+        self.dataplane.start()  # after loading, which stalls the loop as no request will
         shared = s.workers > 1
         self._grpc, self.grpc_port = await start_grpc_server(
             self.dataplane,

@@ -9,7 +9,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.dataplane import IndexEntry, ModelMetadata
+from gateway.catalog import IndexEntry, ModelMetadata
 from gateway.errors import InvalidRequestError
 from gateway.layout import config_datatype
 from gateway.limits import DEFAULT_LIMITS, Limits

@@ -18,8 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.catalog import ModelMetadata
 from gateway.config import GatewaySettings
-from gateway.dataplane import DataPlane, ModelMetadata
+from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, InvalidRequestError, PayloadTooLargeError, status_of
 from gateway.grpc.convert import model_config
 from gateway.http import convert

@@ -123,10 +123,10 @@ def select(
 ) -> Choice:
     """Rank the variants that can serve a request now, most accurate first.
 
-    While the shared compute is busier than ``target_utilization`` (the work admitted per
-    second against what its threads can do), every request spent on a bigger variant is
-    capacity another request lacks: the cheapest variant that meets the budget is ranked
-    first instead, so overload is met at the fastest variant's capacity.
+    While the shared compute is busier than ``target_utilization`` (run time per second
+    against its threads), every request spent on a bigger variant is capacity another
+    request lacks: the cheapest variant that meets the budget is ranked first instead, so
+    overload is met at the fastest variant's capacity.
 
     Args:
         family: Family name, for messages.
@@ -136,7 +136,7 @@ def select(
         max_in_flight_per_variant: Admitted requests one variant may hold.
         elapsed_s: Seconds the request has already spent in the gateway.
         pinned: The client named the variant; the reason is then ``pinned``.
-        utilization: Recent admitted work per second over the compute's capacity.
+        utilization: Recent run time per second over the compute's threads.
         target_utilization: Above it, the cheapest fitting variant is ranked first.
         queue_headroom: A variant dearer than the cheapest must fit with its wait counted
             ``1 + queue_headroom`` times, so that a queue building behind it still fits on a

@@ -20,9 +20,11 @@ fast the variant runs now on this machine.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.manifest import LatencyPoint, SizePoint
@@ -172,11 +174,13 @@ class Measured:
         ratio: Running mean of measured / profiled seconds.
         tail: The ratio's 95th percentile over the recent runs.
         samples: Runs measured.
+        at_s: Clock time of the newest run (what fades it).
     """
 
     ratio: float = 1.0
     tail: float = 1.0
     samples: int = 0
+    at_s: float = 0.0
 
 
 TAIL_QUANTILE = 0.95
@@ -245,6 +249,8 @@ class ServiceModel:
         min_samples: int,
         smoothing: float = 0.1,
         learning: Learning | None = None,
+        stale_s: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Start from ``fit`` (None: learn everything from observations).
 
@@ -254,11 +260,17 @@ class ServiceModel:
             min_samples: Observations at which the correction reaches its full weight.
             smoothing: Weight of each new observation in the running means.
             learning: Where measurements are kept (shared between workers, or not).
+            stale_s: Time constant over which measurements fade once no run refreshes
+                them, so a variant routing no longer picks is predicted from its profile
+                again (and tried again) instead of being judged on a slow spell forever.
+            clock: Monotonic seconds, the same for every worker.
         """
         self.fit = fit
         self.observed_weight = observed_weight
         self.min_samples = min_samples
         self.smoothing = smoothing
+        self.stale_s = stale_s
+        self.clock = clock
         self.learning = learning or Learning()
         self._recent: deque[float] = deque(maxlen=TAIL_WINDOW)
         self._lock = threading.Lock()
@@ -272,7 +284,10 @@ class ServiceModel:
     def _weight(self, measured: Measured) -> float:
         if self.fit is None:
             return 1.0 if measured.samples else 0.0
-        return self.observed_weight * min(1.0, measured.samples / self.min_samples)
+        weight = self.observed_weight * min(1.0, measured.samples / self.min_samples)
+        if weight and self.stale_s < math.inf:
+            weight *= math.exp(-max(0.0, self.clock() - measured.at_s) / self.stale_s)
+        return weight
 
     def correction(self, measured: Measured | None = None) -> float:
         """The factor applied to the profile's median now (1.0 before any observation)."""
@@ -299,7 +314,7 @@ class ServiceModel:
         trusted = measured.samples >= self.min_samples
         if self.fit is None:
             idle_p50 = idle_p95 = 0.0
-        elif trusted and self.observed_weight > 0:
+        elif trusted and weight > 0:
             # A profile from a busier or slower machine must not refuse what this one does
             # in time; load must not turn a slowdown into a refusal: the lower of the two.
             idle_p50 = alone * min(1.0, measured.ratio)
@@ -339,7 +354,7 @@ class ServiceModel:
             # The tail of the recent runs: follows a slowdown and its end within a window.
             ordered = sorted(self._recent)
             tail = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
-            self.learning.write(Measured(ratio, max(tail, ratio), old.samples + 1))
+            self.learning.write(Measured(ratio, max(tail, ratio), old.samples + 1, self.clock()))
 
     @property
     def samples(self) -> int:

@@ -26,8 +26,8 @@ MAX_VARIANTS = 512
 """Columns of the table: variants (of every family) the gateway can count."""
 NAME_BYTES = 128
 """Longest variant model name, in UTF-8 bytes."""
-IN_FLIGHT, QUEUED, SAMPLES, RATIO, TAIL = range(5)
-_FIELDS = 5
+IN_FLIGHT, QUEUED, SAMPLES, RATIO, TAIL, AT = range(6)
+_FIELDS = 6
 _CELL = 8  # float64
 
 
@@ -189,6 +189,7 @@ class SharedLearning(Learning):
             ratio=sum(c * r for c, r in zip(counts, ratios, strict=True)) / total,
             tail=sum(c * t for c, t in zip(counts, tails, strict=True)) / total,
             samples=int(total),
+            at_s=max(self.table.rows(self.column, AT)),
         )
 
     def own(self) -> Measured:
@@ -199,7 +200,10 @@ class SharedLearning(Learning):
         if samples == 0:
             return Measured()
         return Measured(
-            self.table.own(self.column, RATIO), self.table.own(self.column, TAIL), samples
+            self.table.own(self.column, RATIO),
+            self.table.own(self.column, TAIL),
+            samples,
+            self.table.own(self.column, AT),
         )
 
     def write(self, measured: Measured) -> None:
@@ -209,4 +213,5 @@ class SharedLearning(Learning):
             return
         self.table.set(self.column, RATIO, measured.ratio)
         self.table.set(self.column, TAIL, measured.tail)
+        self.table.set(self.column, AT, measured.at_s)
         self.table.set(self.column, SAMPLES, measured.samples)

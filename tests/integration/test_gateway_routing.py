@@ -181,7 +181,10 @@ def test_shedding_is_fast(gw):
 
 
 def test_deployment_default_budget_applies_when_none_is_stated(gateway_factory, repo):
-    gw = gateway_factory(repo, default_latency_budget_ms=8, default_min_accuracy=95)
+    # The declared profiles alone decide here (a default budget applies, or it does not).
+    gw = gateway_factory(
+        repo, default_latency_budget_ms=8, default_min_accuracy=95, observed_weight=0.0
+    )
     wire = Wire("grpc", grpcclient.InferenceServerClient(gw.grpc_url))
     assert wire.infer("digits", image_input(0)).variant == "int8"
     stated = wire.infer("digits", image_input(0), parameters={"latency_budget_ms": 1000})

@@ -4,7 +4,7 @@ A small discrete-event simulation stands in for the machine: two worker threads 
 earliest-due first and run them for their (jittered) true service time. Every decision is
 the gateway's own code: the wait a new job predicts (``predicted_wait_s``), the service-time
 model (``ServiceModel``, learning from each finished run), the utilisation signal
-(``WorkRate``) and the selector (``select``). Nothing depends on how fast this machine is.
+(``WorkRate``, fed with each run's time) and the selector (``select``). Nothing depends on how fast this machine is.
 """
 
 from __future__ import annotations
@@ -125,7 +125,6 @@ class Simulation:
             return
         name = choice.ranked[0].variant.name
         p = self.models[name].predict(1, None, k)
-        self.rate.add(p.p50_s)
         heapq.heappush(self.queue, Job(due, self.now, name, p.p50_s, p.p95_s))
 
     def dispatch(self) -> None:
@@ -140,6 +139,7 @@ class Simulation:
     def finish(self) -> None:
         end, started, job = heapq.heappop(self.running)
         self.models[job.variant].observe(1, None, end - started, len(self.running) + 1)
+        self.rate.add(end - started)
         self.outcomes.append(Outcome(job.arrived_s, "OK", job.variant, end - job.arrived_s))
 
     def run(self, phases: list[tuple[float, float]]) -> None:

@@ -163,3 +163,16 @@ def test_the_tail_follows_the_end_of_a_slowdown():
     for _ in range(64):
         model.observe(1, None, 0.010)  # back to the profile
     assert model.p95_s(1) < 0.015  # within one window of runs, not minutes
+
+
+def test_measurements_fade_when_no_run_refreshes_them():
+    now = [0.0]
+    fit = fit_profile([point(1, 0.010)])
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=1, stale_s=3.0, clock=lambda: now[0])
+    for _ in range(10):
+        model.observe(1, None, 0.050)  # a slow spell
+    assert model.p50_s(1) == pytest.approx(0.050)
+    now[0] = 3.0  # three seconds without a run: a third of the weight left
+    assert model.p50_s(1) == pytest.approx(0.010 + 0.040 * math.exp(-1.0))
+    now[0] = 30.0
+    assert model.p50_s(1) == pytest.approx(0.010, rel=1e-3)  # the profile again
