@@ -4,7 +4,8 @@ A small discrete-event simulation stands in for the machine: two worker threads 
 earliest-due first and run them for their (jittered) true service time. Every decision is
 the gateway's own code: the wait a new job predicts (``predicted_wait_s``), the service-time
 model (``ServiceModel``, learning from each finished run), the utilisation signal
-(``WorkRate``, fed with each run's time) and the selector (``select``). Nothing depends on how fast this machine is.
+(``WorkRate``, fed with each run's time) and the selector (``select``). Nothing depends on
+how fast this machine is.
 """
 
 from __future__ import annotations
