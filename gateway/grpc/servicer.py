@@ -168,19 +168,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         its own is one more operation (and wake-up) per call.
         """
 
-        async def call() -> service_pb2.ModelInferResponse:
+        try:  # the one error path, inline: this is the hot call
             message = await self._infer(request, context)
-            params = message.parameters
-            context.set_trailing_metadata(
-                (
-                    ("x-request-id", message.id),
-                    ("x-variant", params["variant"].string_param),
-                    ("x-selection-reason", params["selection_reason"].string_param),
-                )
+        except Exception as exc:  # translated by the error table, unknown ones to INTERNAL
+            await _abort(context, exc)
+        params = message.parameters
+        context.set_trailing_metadata(
+            (
+                ("x-request-id", message.id),
+                ("x-variant", params["variant"].string_param),
+                ("x-selection-reason", params["selection_reason"].string_param),
             )
-            return message
-
-        return await _guarded(context, call)
+        )
+        return message
 
     async def ModelStreamInfer(  # noqa: N802
         self,
