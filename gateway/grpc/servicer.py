@@ -167,7 +167,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         Trailing, not initial: it travels with the status, while initial metadata sent on
         its own is one more operation (and wake-up) per call.
         """
-
         try:  # the one error path, inline: this is the hot call
             message = await self._infer(request, context)
         except Exception as exc:  # translated by the error table, unknown ones to INTERNAL
