@@ -1,5 +1,6 @@
 # Two entry points do all the setup on a fresh Debian machine:
 #   make serve   build the demo model repository if it is missing, then start the gateway
+#   make serve-triton   the same, with a real Triton server (nvidia-pytriton) behind the gateway
 #   make test    lint, type-check and run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ HOST   ?= 127.0.0.1
 # translation corpus (only needed to re-extract it).
 DEB_PACKAGES := espeak-ng flite pocketsphinx-testdata prometheus iso-codes
 
-.PHONY: setup deps venv serve repo test lint typecheck unit clean
+.PHONY: setup deps venv serve serve-triton repo test lint typecheck unit clean
 
 setup: deps venv
 
@@ -39,6 +40,12 @@ repo: setup
 serve: repo
 	$(BIN)/builders report
 	$(BIN)/gateway serve --repository model_repo --host $(HOST)
+
+# Triton (python backend, on 127.0.0.1:8010-8012) serves the python-backend flavour of the
+# demo repository; the gateway in front of it runs with --backend triton on 8000/8001.
+serve-triton: repo
+	$(BIN)/builders report
+	$(BIN)/builders serve-triton --repository model_repo --host $(HOST) $(SERVE_TRITON_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -17,7 +17,7 @@ for a fixed time, the best N reported; all in one run.
     .venv/bin/python bench/triton_overhead.py --repository model_repo --model digits__int8
 
 Without ``--repository`` a small repository is built in a temporary directory from the test
-fixture (tests/integration/repo_fixture.py) and its ``digits__fp32`` graph is used. Results go
+fixture (tests/support/repo_fixture.py) and its ``digits__fp32`` graph is used. Results go
 to ``bench/results/triton_overhead_<model>.{json,md}``.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from gateway_overhead import command_line, interleaved, sample_request, start_gateway, throughput
+from common import command_line, interleaved, sample_request, start_gateway, throughput
 from tritonclient.utils import np_to_triton_dtype
 
 from builders.triton.flavour import write_python_flavour
@@ -88,8 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repository = args.repository
         if repository is None:
-            sys.path.insert(0, str(ROOT / "tests" / "integration"))
-            from repo_fixture import build_repository
+            sys.path.insert(0, str(ROOT))
+            from tests.support.repo_fixture import build_repository
 
             repository = build_repository(Path(tmp) / "fixture")
         run(repository.resolve(), Path(tmp), args)
@@ -254,7 +254,12 @@ def report(args: argparse.Namespace, task: str, results: dict[str, Any]) -> None
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"triton_overhead_{args.model}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    command = command_line(args, "triton_overhead.py")
+    words = [f"--model {args.model}"]
+    if args.repository is not None:
+        words.append(f"--repository {args.repository}")
+    words.append(f"--requests {args.requests} --duration-s {args.duration_s:g}")
+    words.append("--clients " + " ".join(str(c) for c in args.clients))
+    command = command_line("triton_overhead.py", words)
     markdown = "\n".join(
         [
             "# Gateway overhead in front of Triton",

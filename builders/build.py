@@ -3,10 +3,11 @@
 fp32 is the baseline; fp16 and int8 are graph-level transforms of it; each pruning ratio is a
 structurally smaller torch model, recovered by a short fine-tune, exported, and also
 quantized. A variant is one graph (``model``) or, for families that declare ``graphs``
-(Whisper's encoder and decoder), several; every transform applies to each of them. Every
-variant is evaluated with the family's metric and profiled; the ones that lose more than
-``max_quality_drop`` points are kept in the manifest as rejected and not written to the
-repository; the rest are published, and the Pareto-optimal ones recommended.
+(Whisper's encoder and decoder), several; every transform applies to each of them. Where
+TensorRT and a GPU exist, engines mirror the one-graph rungs (:mod:`builders.engines`).
+Every variant is evaluated with the family's metric and profiled (:mod:`builders.measure`);
+the ones that lose more than the quality budget are kept in the manifest as rejected and not
+written to the repository; the rest are published, and the Pareto-optimal ones recommended.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import copy
 import logging
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -28,14 +28,16 @@ from torch import nn
 from tqdm import tqdm
 
 from builders.convert.onnx2trt import tensorrt_unavailable_reason
+from builders.engines import build_engines, plan_engines
+from builders.measure import Candidate, Measurement, measure
 from builders.optimize.quantize import QuantizationMethod, op_types, to_fp16, to_int8
 from builders.pareto import Point, frontier
-from builders.profile import estimate_gpu_memory, measure_resident_memory, profile_latency
+from builders.profile import measure_runtime_memory
 from builders.repository import new_staging_dir, publish_family, stage_variant
 from builders.sources import ModelSource, check_contract, load_torch_module
-from builders.spec import BuildSpec, ProfileSettings, pruned_name
+from builders.spec import BuildSpec, pruned_name
 from builders.triton.model_config import TritonModel
-from builders.zoo.api import ZooFamily
+from builders.zoo.api import ShapeRange, ZooFamily
 from gateway.layout import graph_model_name, sha256_file
 from gateway.manifest import (
     Artifact,
@@ -49,33 +51,9 @@ from gateway.manifest import (
     write_manifest,
 )
 from gateway.tasks.base import MAIN_GRAPH
-from gateway.tasks.onnx_runner import GraphSessions
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-
-
-@dataclass
-class Candidate:
-    """A derived variant (its graph files by graph name) waiting to be measured."""
-
-    name: str
-    graphs: dict[str, Path]
-    precision: str
-    quantization: str = "none"
-    pruning_ratio: float = 0.0
-    parameters: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def graph(self) -> Path:
-        """The graph of a one-graph variant (the first graph of a multi-graph one)."""
-        return self.graphs.get(MAIN_GRAPH) or next(iter(self.graphs.values()))
-
-    @property
-    def size_bytes(self) -> int:
-        """Bytes of all its graph files."""
-        return sum(p.stat().st_size for p in self.graphs.values())
 
 
 def graph_names(family: ZooFamily) -> tuple[str, ...]:
@@ -177,7 +155,7 @@ def _derive(
     progress: Progress,
     skipped: list[str],
 ) -> list[Candidate]:
-    """fp32 export and every derived graph the spec asks for."""
+    """fp32 export and every derived variant the spec asks for."""
     module = load_torch_module(source, family)
     multi = is_multi_graph(family)
     zoo_class = type(family.load())
@@ -185,7 +163,7 @@ def _derive(
     params = sum(graph_parameters(g) for g in fp32_graphs.values())
     candidates = [Candidate("fp32", fp32_graphs, "fp32", parameters=params)]
     method: QuantizationMethod = getattr(family, "int8_method", None) or (
-        "dynamic" if "LSTM" in op_types(fp32_graphs[next(iter(fp32_graphs))]) else "static-qdq"
+        "dynamic" if "LSTM" in op_types(candidates[0].graph) else "static-qdq"
     )
 
     def int8_of(base: Candidate, name: str) -> Candidate:
@@ -208,13 +186,7 @@ def _derive(
         if result.weight_only_tensors:
             notes.append(f"{result.weight_only_tensors} recurrent weight tensors int8 weight-only")
         return Candidate(
-            name,
-            {MAIN_GRAPH: target},
-            "int8",
-            method,
-            base.pruning_ratio,
-            base.parameters,
-            notes,
+            name, {MAIN_GRAPH: target}, "int8", method, base.pruning_ratio, base.parameters, notes
         )
 
     if "fp16" in spec.variants:
@@ -257,10 +229,6 @@ def _derive(
                 candidates.append(base)
             if "pruned-int8" in spec.variants:
                 candidates.append(int8_of(base, pruned_name(ratio, int8=True)))
-    if spec.tensorrt:
-        reason = tensorrt_unavailable_reason()
-        if reason is not None:
-            skipped.append(f"tensorrt: {reason}")
     return candidates
 
 
@@ -290,34 +258,47 @@ def export_multi(family: ZooFamily, module: nn.Module, directory: Path) -> dict[
     return graphs
 
 
-def _measure(
-    candidate: Candidate,
+def input_ranges(family: ZooFamily, fp32: Candidate, max_batch_size: int) -> dict[str, ShapeRange]:
+    """Per graph input, the shapes requests give it (GPU memory, TensorRT profiles).
+
+    A multi-graph family reads the sizes its model fixes (layers, heads, widths) from the
+    fp32 graphs themselves, since its source may be a model of another size than the zoo's.
+    """
+    if is_multi_graph(family):
+        ranges: dict[str, ShapeRange] = family.graph_shape_ranges(  # type: ignore[attr-defined]
+            fp32.graphs, max_batch_size
+        )
+        return ranges
+    return family.shape_ranges(max_batch_size)
+
+
+def _engines(
     spec: BuildSpec,
     family: ZooFamily,
-    items: list[Any],
+    candidates: list[Candidate],
+    ranges: Mapping[str, ShapeRange],
     workdir: Path,
     progress: Progress,
-) -> dict[str, Any]:
-    progress(f"{family.name}: evaluating {candidate.name}")
-    metrics = family.evaluate(GraphSessions(candidate.graphs), spec.eval_limit)
-    progress(f"{family.name}: profiling {candidate.name}")
-    latency = profile_latency(
-        candidate.graphs,
-        family.make_task(family.assets_dir),
-        items,
-        profile_settings(spec, family),
-        spec.max_batch_size,
-    )
-    if is_multi_graph(family):
-        examples = family.example_feeds(candidate.graphs)  # type: ignore[attr-defined]
-        resident = sum(
-            measure_resident_memory(path, examples[name], workdir)
-            for name, path in candidate.graphs.items()
+    skipped: list[str],
+) -> list[Candidate]:
+    """TensorRT engines mirroring the ONNX candidates, or one line saying why there are none."""
+    if not spec.tensorrt:
+        return []
+    reason = tensorrt_unavailable_reason()
+    if reason is None and is_multi_graph(family):
+        reason = (
+            f"{family.name} variants have several graphs ({', '.join(graph_names(family))}); "
+            "engines are built for one-graph variants only"
         )
-    else:
-        feeds = dict(next(iter(family.calibration_inputs(1))))
-        resident = measure_resident_memory(candidate.graph, feeds, workdir)
-    return {"metrics": metrics, "latency": latency, "resident": resident}
+    if reason is not None:
+        skipped.append(f"tensorrt engines: {reason}")
+        return []
+    plans = plan_engines(candidates, spec.variants)
+    return list(
+        build_engines(
+            plans, candidates, family, ranges, spec.calibration_items, workdir, progress, skipped
+        )
+    )
 
 
 DEFAULT_QUALITY_DROP = 2.0
@@ -332,16 +313,6 @@ def quality_budget(spec: BuildSpec, family: ZooFamily) -> float:
     return own
 
 
-def profile_settings(spec: BuildSpec, family: ZooFamily) -> ProfileSettings:
-    """The spec's profile settings, or the family's own when the spec keeps the defaults.
-
-    A family whose requests take seconds (speech: 30 s encoder windows) sets shorter
-    profiles than the default, which would time each point for minutes.
-    """
-    own: ProfileSettings | None = getattr(family, "profile_settings", None)
-    return own if own is not None and spec.profile == ProfileSettings() else spec.profile
-
-
 def _stage(
     c: Candidate,
     name: str,
@@ -353,13 +324,13 @@ def _stage(
 ) -> list[Path]:
     """Lay out a variant's Triton model directories (one per graph); returns them."""
     if not graphs:
-        model = TritonModel(name, "onnx", tuple(io[0]), tuple(io[1]), spec.max_batch_size)
+        model = TritonModel(name, c.runtime, tuple(io[0]), tuple(io[1]), spec.max_batch_size)
         return [stage_variant(staging, model, c.graph, family.assets_dir)]
     dirs = []
     for g in graphs:
         model = TritonModel(
             graph_model_name(name, g.name),
-            "onnx",
+            c.runtime,
             tuple(g.inputs),
             tuple(g.outputs),
             spec.max_batch_size,
@@ -370,7 +341,7 @@ def _stage(
 
 def _variant_entry(
     c: Candidate,
-    m: dict[str, Any],
+    m: Measurement,
     baseline: float,
     spec: BuildSpec,
     family: ZooFamily,
@@ -379,9 +350,8 @@ def _variant_entry(
     staging: Path,
 ) -> Variant:
     """The manifest entry of a measured candidate; published ones are staged on disk."""
-    quality = _quality(m["metrics"], family)
+    quality = _quality(m.metrics, family)
     drop = baseline - quality
-    size = c.size_bytes
     budget = quality_budget(spec, family)
     rejected = drop > budget
     name = model_name(family.name, c.name)
@@ -402,18 +372,23 @@ def _variant_entry(
         status="rejected" if rejected else "published",
         rejection_reason=reason if rejected else None,
         recommended=False,
+        runtime=c.runtime,
         precision=c.precision,
         quantization=c.quantization,
+        sparsity=c.sparsity,
         pruning_ratio=c.pruning_ratio,
         artifacts=artifacts,
-        size_bytes=size,
+        size_bytes=c.size_bytes,
         parameters=c.parameters,
-        metrics={k: round(v, 4) for k, v in m["metrics"].items()},
+        metrics={k: round(v, 4) for k, v in m.metrics.items()},
         quality=round(quality, 4),
         quality_drop=round(drop, 4),
-        latency=m["latency"],
-        resident_memory_bytes=m["resident"],
-        gpu_memory_bytes=estimate_gpu_memory(size, m["resident"]),
+        latency=m.latency,
+        resident_memory_bytes=m.resident_bytes,
+        gpu_memory_bytes=m.gpu.total_bytes,
+        gpu_memory_source=m.gpu.source,
+        gpu_weights_bytes=m.gpu.weights_bytes,
+        gpu_activations_bytes=m.gpu.activations_bytes,
         notes=c.notes,
     )
 
@@ -443,9 +418,11 @@ def build_family(
             check_contract(
                 candidates[0].graph, [t.name for t in want_in], [t.name for t in want_out]
             )
+        ranges = input_ranges(family, candidates[0], spec.max_batch_size)
+        candidates += _engines(spec, family, candidates, ranges, workdir, say, skipped)
         items = family.sample_items(32)
         measured = {
-            c.name: _measure(c, spec, family, items, workdir, say)
+            c.name: measure(c, spec, family, items, ranges, workdir, say)
             for c in tqdm(
                 candidates,
                 desc=f"{family.name}: measuring",
@@ -453,7 +430,7 @@ def build_family(
                 disable=not show_progress,
             )
         }
-        baseline = _quality(measured["fp32"]["metrics"], family)
+        baseline = _quality(measured["fp32"].metrics, family)
         staging = new_staging_dir(spec.repository, family.name)
         variants = [
             _variant_entry(
@@ -482,6 +459,7 @@ def build_family(
             assets=sorted(p.name for p in family.assets_dir.iterdir() if p.is_file()),
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
             source=f"{source.describe()} sha256:{sha256_file(candidates[0].graph)[:16]}",
+            runtime_memory_bytes=measure_runtime_memory(workdir),
             variants=variants,
         )
         publish_family(spec.repository, family.name, staging)

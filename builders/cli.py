@@ -6,11 +6,19 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 DEFAULT_REPOSITORY = Path("model_repo")
 DEMO_FAMILIES = ("digits", "vision", "speech", "translation")
+
+
+def _spec_default(name: str) -> Any:
+    """The default of a ``BuildSpec`` field: the CLI never repeats the spec's defaults."""
+    from builders.spec import BuildSpec
+
+    return getattr(BuildSpec(family="any", repository=DEFAULT_REPOSITORY), name)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,12 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build one family's variants")
     build.add_argument("--family", required=True, choices=FAMILY_NAMES)
     build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    build.add_argument("--variants", nargs="+", default=list(VARIANT_KINDS), choices=VARIANT_KINDS)
-    build.add_argument("--pruning-ratios", nargs="+", type=float, default=[0.25, 0.5])
+    build.add_argument(
+        "--variants", nargs="+", default=list(_spec_default("variants")), choices=VARIANT_KINDS
+    )
+    build.add_argument(
+        "--pruning-ratios",
+        nargs="+",
+        type=float,
+        default=list(_spec_default("pruning_ratios")),
+        help="structured pruning ratios (default: %(default)s)",
+    )
     build.add_argument(
         "--recover-budget-s",
         type=float,
-        default=None,
+        default=_spec_default("recover_budget_s"),
         help="recovery fine-tune of each pruned model, in seconds of a 2-core CPU; each family "
         "turns it into a fixed step count, so results do not depend on the machine "
         "(default: the family's own, e.g. 120 for speech and translation)",
@@ -41,7 +57,29 @@ def _parser() -> argparse.ArgumentParser:
         "most; 2.5 for speech, two word errors on its real recordings)",
     )
     build.add_argument(
-        "--eval-limit", type=int, default=None, help="evaluate on the first N held-out items only"
+        "--eval-limit",
+        type=int,
+        default=_spec_default("eval_limit"),
+        help="evaluate on the first N held-out items only",
+    )
+    build.add_argument(
+        "--calibration-items",
+        type=int,
+        default=_spec_default("calibration_items"),
+        help="int8 calibration inputs, ONNX and TensorRT alike (default %(default)s)",
+    )
+    build.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=_spec_default("max_batch_size"),
+        help="rows one graph run may take (default %(default)s)",
+    )
+    build.add_argument(
+        "--tensorrt",
+        action=argparse.BooleanOptionalAction,
+        default=_spec_default("tensorrt"),
+        help="also build TensorRT engines (fp16, int8, 2:4-sparse pruned) where TensorRT and "
+        "a GPU exist; elsewhere the build says once why they were skipped (default: on)",
     )
     build.add_argument(
         "--source",
@@ -72,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     flavour.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     flavour.add_argument("--out", type=Path, required=True)
     flavour.add_argument("--copy", action="store_true", help="copy graphs instead of linking")
+
+    triton = sub.add_parser(
+        "serve-triton",
+        help="serve a repository through the local Triton (nvidia-pytriton) with the gateway "
+        "in front of it (--backend triton)",
+    )
+    triton.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    triton.add_argument("--host", default="127.0.0.1", help="gateway address (Triton: loopback)")
+    for name, default in (
+        ("http-port", 8000),
+        ("grpc-port", 8001),
+        ("triton-http-port", 8010),
+        ("triton-grpc-port", 8011),
+        ("triton-metrics-port", 8012),
+    ):
+        triton.add_argument(f"--{name}", type=int, default=default, help=f"default {default}")
     return parser
 
 
@@ -90,6 +144,9 @@ def _build(args: argparse.Namespace) -> int:
         recover_budget_s=args.recover_budget_s,
         max_quality_drop=args.max_quality_drop,
         eval_limit=args.eval_limit,
+        calibration_items=args.calibration_items,
+        max_batch_size=args.max_batch_size,
+        tensorrt=args.tensorrt,
     )
     source = ModelSource(kind=args.source, path=args.model_path, factory=args.factory)
     result = build_family(spec, get_family(args.family), source, tqdm.write, show_progress=True)
@@ -147,6 +204,19 @@ def _python_flavour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_triton(args: argparse.Namespace) -> int:
+    from builders.triton.serve import Ports, serve_triton
+
+    ports = Ports(
+        args.http_port,
+        args.grpc_port,
+        args.triton_http_port,
+        args.triton_grpc_port,
+        args.triton_metrics_port,
+    )
+    return serve_triton(args.repository, args.host, ports)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``builders`` command."""
     args = _parser().parse_args(argv)
@@ -156,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "build-demo": _build_demo,
         "report": _report,
         "python-flavour": _python_flavour,
+        "serve-triton": _serve_triton,
     }
     try:
         return commands[args.command](args)

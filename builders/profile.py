@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from builders.spec import ProfileSettings
 from gateway.manifest import LatencyPoint
 from gateway.tasks.base import MAIN_GRAPH, RunGraphs, Task, Tensor
-from gateway.tasks.onnx_runner import GraphSessions
 
 
 def _percentiles(samples_s: Sequence[float]) -> tuple[float, float, float]:
@@ -112,7 +112,7 @@ def _point(
 
 
 def profile_latency(
-    graph: Path | Mapping[str, Path],
+    run_graph: RunGraphs,
     task: Task,
     items: list[Any],
     settings: ProfileSettings,
@@ -120,12 +120,11 @@ def profile_latency(
 ) -> list[LatencyPoint]:
     """Time the variant at each batch size (concurrency 1) and each concurrency (batch 1).
 
-    ``graph`` is the one graph of a variant, or every graph of a multi-graph one by name.
+    ``run_graph`` runs the variant's graphs (ONNX Runtime with ``settings.intra_op_threads``
+    threads, or a TensorRT engine), so every runtime is timed through the same task code.
     """
     if not items:
         raise ValueError("profiling needs at least one sample item")
-    graphs = {MAIN_GRAPH: graph} if isinstance(graph, Path) else dict(graph)
-    run_graph = GraphSessions(graphs, settings.intra_op_threads)
     points = [
         _point(task, run_graph, items, batch, 1, settings)
         for batch in settings.batch_sizes
@@ -155,28 +154,47 @@ print(json.dumps({"resident_bytes": max(after - before, 0) * 1024}))
 """
 
 
-def measure_resident_memory(graph: Path, inputs: dict[str, Any], workdir: Path) -> int:
-    """Resident-memory growth of loading the graph and running one batch, in bytes.
+def measure_in_child(script: str, *args: str, timeout_s: float = 600) -> dict[str, int]:
+    """Run a measuring ``script`` in a fresh interpreter; its last stdout line is JSON.
 
-    Measured in a fresh child process so earlier variants do not hide this one's peak.
+    A fresh process, so what earlier variants loaded does not hide this one's memory.
     """
-    feeds = workdir / f"{graph.stem}.feeds.npz"
-    np.savez(feeds, **inputs)
     proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, str(graph), str(feeds)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout_s,
         check=True,
     )
     result: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return int(result["resident_bytes"])
+    return result
 
 
-def estimate_gpu_memory(size_bytes: int, resident_bytes: int) -> int:
-    """Device memory a variant needs where none was measured: its weights plus workspace.
+def measure_resident_memory(graph: Path, inputs: dict[str, Any], workdir: Path) -> int:
+    """Resident-memory growth of loading the graph and running one batch, in bytes."""
+    feeds = workdir / f"{graph.stem}.feeds.npz"
+    np.savez(feeds, **inputs)
+    return int(measure_in_child(_MEMORY_SCRIPT, str(graph), str(feeds))["resident_bytes"])
 
-    On the CPU the resident growth already holds the weights and the activation workspace;
-    the weights are counted at least once more so a GPU runtime's staging copy is covered.
+
+def measure_runtime_memory(workdir: Path) -> int:
+    """Resident growth of an ONNX Runtime session on a one-node graph: the runtime's own cost.
+
+    What every model instance pays whatever its graph (session, arenas, thread pools), in
+    bytes, measured the way :func:`measure_resident_memory` measures a variant.
     """
-    return max(resident_bytes, 0) + size_bytes
+    graph = workdir / "runtime-identity.onnx"
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    value = onnx.helper.make_tensor_value_info
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [node],
+            "identity",
+            [value("x", onnx.TensorProto.FLOAT, [1])],
+            [value("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+        ir_version=8,  # what opset 17 needs, and what every ONNX Runtime reads
+    )
+    onnx.save(model, str(graph))
+    return measure_resident_memory(graph, {"x": np.zeros(1, np.float32)}, workdir)

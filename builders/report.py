@@ -46,6 +46,7 @@ def markdown(manifest: FamilyManifest, skipped: list[str] | None = None) -> str:
         + metric_names
         + ["Δ quality", "p50 ms", "p95 ms", "p99 ms", "× faster p50"]
         + ["graph p50 ms", "× faster graph", "items/s (b=8)", "RSS MiB"]
+        + ["GPU MiB", "GPU weights MiB"]
     )
     rows = []
     for v in manifest.variants:
@@ -69,6 +70,9 @@ def markdown(manifest: FamilyManifest, skipped: list[str] | None = None) -> str:
                 f"{_p50_batch1(fp32, graph=True) / _p50_batch1(v, graph=True):.2f}",
                 f"{b8.throughput_per_s:.1f}" if b8 else "-",
                 f"{v.resident_memory_bytes / MIB:.1f}",
+                f"{v.gpu_memory_bytes / MIB:.2f}"
+                + (" (measured)" if v.gpu_memory_source == "measured" else ""),
+                f"{v.gpu_weights_bytes / MIB:.2f}" if v.gpu_weights_bytes is not None else "-",
             ]
         )
     lines = [
@@ -79,7 +83,10 @@ def markdown(manifest: FamilyManifest, skipped: list[str] | None = None) -> str:
         f"{manifest.built_at} from {manifest.source}. Latency is per request of one item, "
         "concurrency 1, warm-up excluded; graph p50 is the part of it spent inside the graph "
         "(the rest is the task's pre/post-processing); ★ marks the size/latency/quality "
-        "Pareto frontier.",
+        "Pareto frontier. GPU memory is weights at run precision plus peak activations at "
+        f"batch {manifest.max_batch_size} and the longest inputs, estimated from the graph "
+        "unless marked measured; each model instance's runtime adds "
+        f"{manifest.runtime_memory_bytes / MIB:.1f} MiB once (not in the table).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -60,7 +60,8 @@ class BuildSpec:
     max_batch_size: int = 8
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     tensorrt: bool = True
-    """Also build TensorRT engines where TensorRT and a GPU exist."""
+    """Also build TensorRT engines mirroring the ONNX rungs (``builders.engines``) where
+    TensorRT and a CUDA GPU exist; elsewhere the build says once why they were skipped."""
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANT_KINDS]

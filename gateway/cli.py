@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings, on_listening=lambda gw: _announce(settings, gw.http_port, gw.grpc_port)
             )
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a port in use; a key or TLS file that does not load
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     return 0

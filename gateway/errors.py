@@ -7,6 +7,9 @@ generic message, and its traceback is logged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import grpc
 
 INTERNAL_MESSAGE = "internal error; see the gateway log"
@@ -18,6 +21,8 @@ class GatewayError(Exception):
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     http_status: int = 500
+    http_headers: Mapping[str, str] = MappingProxyType({})
+    """Extra HTTP response headers of this error (e.g. ``WWW-Authenticate`` on a 401)."""
 
     @property
     def message(self) -> str:
@@ -42,6 +47,32 @@ class InvalidRequestError(GatewayError):
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     http_status = 400
+
+
+class LimitExceededError(InvalidRequestError):
+    """The request is over one of the configured limits; the message names the setting.
+
+    The limits: items, text length, audio seconds, image pixels, JSON nesting depth, tensor
+    elements (``gateway/limits.py``). It is bad input, so it answers like any other
+    (INVALID_ARGUMENT / 400): the same request can never succeed, unlike a shed one.
+    """
+
+
+class UnauthenticatedError(GatewayError):
+    """No credentials, or credentials the gateway does not know (a missing or wrong key)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    http_headers: Mapping[str, str] = MappingProxyType(
+        {"www-authenticate": 'Bearer realm="variant-gateway"'}
+    )
+
+
+class PermissionDeniedError(GatewayError):
+    """A known key that lacks the scope the call needs (e.g. ``metrics`` for /metrics)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
 
 
 class PayloadTooLargeError(GatewayError):
@@ -86,6 +117,9 @@ class BackendTimeoutError(GatewayError):
 ERROR_TABLE: tuple[type[GatewayError], ...] = (
     ModelNotFoundError,
     InvalidRequestError,
+    LimitExceededError,
+    UnauthenticatedError,
+    PermissionDeniedError,
     PayloadTooLargeError,
     BudgetUnsatisfiableError,
     CapacityExhaustedError,

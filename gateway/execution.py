@@ -45,7 +45,9 @@ class Job:
         key: Jobs with equal keys may share one task run (same variant, lease, options).
         items: Task-level items; results come back in the same order.
         run: Runs the task on a list of items; every job with this key runs the same way.
-        cost_s: Predicted service seconds of this job alone, for the pool's work ahead.
+        cost_s: Predicted (median) service seconds of this job alone, for the work ahead.
+        tail_s: Predicted tail (p95) service seconds: while it runs, when its thread is
+            counted free again (a run near its end is where lateness comes from).
         max_rows: Most items one task run may take (the graph's batch limit, at least 1).
         due_s: Clock time the answer is due; jobs due first run first.
         start_by_s: Latest clock time the job may start and still finish within its budget;
@@ -54,7 +56,11 @@ class Job:
         loop: The loop that awaits ``future``.
         label: What the job is counted under in :meth:`TaskPool.queued` (its variant).
         size: The items' total size (the family's size unit), for service-time learning.
-        observe: Told ``(rows, size, seconds)`` of each task run the job led, from the worker.
+        observe: Told ``(rows, size, seconds, concurrency)`` of each task run the job led,
+            from the worker (concurrency: runs executing when it started, itself included).
+        run_tail_s: Predicted tail seconds of a run of ``rows`` items of total ``size`` of
+            this key; a job joins a batch only if the batch still ends before every hard
+            member's due time. None: batches are bounded by ``max_rows`` alone.
     """
 
     key: Hashable
@@ -68,14 +74,16 @@ class Job:
     loop: asyncio.AbstractEventLoop
     label: str = ""
     size: float | None = None
-    observe: Callable[[int, float | None, float], None] | None = None
+    observe: Callable[[int, float | None, float, int], None] | None = None
+    run_tail_s: Callable[[int, float | None], float] | None = None
+    tail_s: float | None = None
     abandoned: bool = False
     """Set on the loop when nobody waits for the result any more (timeout, cancellation)."""
 
 
 @dataclass
 class _Running:
-    cost_s: float
+    tail_s: float
     started_s: float
 
 
@@ -90,10 +98,11 @@ class PoolStats:
         queued: Jobs waiting for a worker.
         running: Task runs executing.
         work_ahead_s: Predicted seconds of work queued ahead plus the rest of what is
-            running, summed over jobs.
+            running (to its tail), summed over jobs.
         wait_s: Predicted seconds before a new job starts: the work ahead laid out on the
             threads, each taking the next job as it frees up.
         threads: Worker threads.
+        concurrency_next: Runs executing once a new job starts, itself included.
     """
 
     queued: int = 0
@@ -101,6 +110,7 @@ class PoolStats:
     work_ahead_s: float = 0.0
     wait_s: float = 0.0
     threads: int = 1
+    concurrency_next: int = 1
 
 
 @dataclass
@@ -196,19 +206,16 @@ class TaskPool:
         """
         now = self._clock()
         with self._cond:
-            remaining = [max(0.0, r.cost_s - (now - r.started_s)) for r in self._running.values()]
+            remaining = [max(0.0, r.tail_s - (now - r.started_s)) for r in self._running.values()]
             ahead = [job.cost_s for job in self._queue.due_by(due_s)]
             queued = len(self._queue.jobs)
-        # When each thread frees up; a queued job ahead takes the first free one.
-        free = sorted([*remaining, *[0.0] * max(0, self.threads - len(remaining))])
-        for cost_s in ahead:
-            heapq.heapreplace(free, free[0] + cost_s)
         return PoolStats(
             queued=queued,
             running=len(remaining),
             work_ahead_s=sum(remaining) + sum(ahead),
-            wait_s=free[0] if free else 0.0,
+            wait_s=predicted_wait_s(remaining, ahead, self.threads),
             threads=self.threads,
+            concurrency_next=min(self.threads, len(remaining) + len(ahead) + 1),
         )
 
     def close(self) -> None:
@@ -242,15 +249,25 @@ class TaskPool:
                 dropped.append((first, None, _late(first, now_s)))
                 continue
             batch = [first]
-            rows = len(first.items)
+            rows, size = len(first.items), first.size
+            due_s = first.due_s if first.start_by_s is not None else float("inf")
             i = 0
             while rows < first.max_rows and i < len(queue.jobs):
                 job = queue.jobs[i]
-                fits = job.key == first.key and rows + len(job.items) <= first.max_rows
-                if fits and not job.abandoned and not _is_late(job, now_s):
+                joined_rows = rows + len(job.items)
+                joined_size = None if size is None or job.size is None else size + job.size
+                joined_due = min(due_s, job.due_s if job.start_by_s is not None else due_s)
+                fits = (
+                    job.key == first.key
+                    and joined_rows <= first.max_rows
+                    and not job.abandoned
+                    and not _is_late(job, now_s)
+                    and _ends_by(first, joined_rows, joined_size, now_s, joined_due)
+                )
+                if fits:
                     batch.append(queue.pop(i))
                     self._counted(job, -1)
-                    rows += len(job.items)
+                    rows, size, due_s = joined_rows, joined_size, joined_due
                 else:
                     i += 1
             return batch, dropped
@@ -267,8 +284,8 @@ class TaskPool:
                 now_s = self._clock()
                 batch, dropped = self._take(now_s)
                 if batch:
-                    cost_s = sum(job.cost_s for job in batch)
-                    self._running[ident] = _Running(cost_s, now_s)
+                    self._running[ident] = _Running(_batch_tail_s(batch), now_s)
+                    concurrency = len(self._running)
             _deliver_all(dropped)
             if not batch:
                 continue
@@ -282,7 +299,7 @@ class TaskPool:
                 sizes = [job.size for job in batch]
                 size = None if None in sizes else sum(s for s in sizes if s is not None)
                 try:
-                    batch[0].observe(rows, size, seconds)
+                    batch[0].observe(rows, size, seconds, concurrency)
                 except Exception:  # statistics must never lose an answer
                     log.exception("%s: recording a service time failed", self.name)
             _deliver_all(outcomes)
@@ -293,7 +310,7 @@ class TaskPool:
         first = batch[0]
         if len(batch) == 1:
             try:
-                results = _run_chunked(first)
+                results = _run_chunked(first.items, first.run, first.max_rows)
             except Exception as exc:  # reported to the one caller, mapped by the data plane
                 return [(first, None, exc)], None
             return [(first, results, None)], self._clock() - start_s
@@ -307,7 +324,7 @@ class TaskPool:
             outcomes: list[Outcome] = []
             for job in batch:
                 try:
-                    outcomes.append((job, _run_chunked(job), None))
+                    outcomes.append((job, _run_chunked(job.items, job.run, job.max_rows), None))
                 except Exception as exc:
                     outcomes.append((job, None, exc))
             return outcomes, None
@@ -320,13 +337,59 @@ class TaskPool:
         return out, seconds
 
 
-def run_inline(job: Job, clock: Clock) -> list[Any]:
-    """Run ``job`` in the calling thread, reporting its run time as a worker would."""
+def predicted_wait_s(remaining_s: list[float], ahead_s: list[float], threads: int) -> float:
+    """When a new job starts: the work ahead laid out on ``threads`` workers.
+
+    Args:
+        remaining_s: Predicted seconds left of each run executing now.
+        ahead_s: Predicted seconds of each queued job that runs first, in order.
+        threads: Worker threads.
+
+    Each queued job takes the thread that frees up first; the new job takes the next one.
+    """
+    free = sorted([*remaining_s, *[0.0] * max(0, threads - len(remaining_s))])
+    if not free:
+        return 0.0
+    for cost_s in ahead_s:
+        heapq.heapreplace(free, free[0] + cost_s)
+    return free[0]
+
+
+def run_inline(
+    items: list[Any],
+    run: TaskRun,
+    max_rows: int,
+    size: float | None,
+    observe: Callable[[int, float | None, float, int], None] | None,
+    clock: Clock,
+) -> list[Any]:
+    """Run a request's task in the calling thread, reporting its time as a worker would."""
     start_s = clock()
-    results = _run_chunked(job)
-    if job.observe is not None:
-        job.observe(len(job.items), job.size, clock() - start_s)
+    results = _run_chunked(items, run, max_rows)
+    if observe is not None:
+        observe(len(items), size, clock() - start_s, 1)
     return results
+
+
+def _batch_tail_s(batch: list[Job]) -> float:
+    """Predicted tail seconds of one run of a batch."""
+    first = batch[0]
+    if len(batch) > 1 and first.run_tail_s is not None:
+        sizes = [job.size for job in batch]
+        size = None if None in sizes else sum(s for s in sizes if s is not None)
+        return first.run_tail_s(sum(len(job.items) for job in batch), size)
+    return sum(job.cost_s if job.tail_s is None else job.tail_s for job in batch)
+
+
+def _ends_by(first: Job, rows: int, size: float | None, now_s: float, due_s: float) -> bool:
+    """Whether a run of ``rows`` items started now is predicted to end by ``due_s``.
+
+    A bigger batch is one run that every member waits for: on a CPU a heavy graph costs
+    about the same per row batched or not, so batching must not make a member late.
+    """
+    if first.run_tail_s is None or due_s == float("inf"):
+        return True
+    return now_s + first.run_tail_s(rows, size) <= due_s
 
 
 def _is_late(job: Job, now_s: float) -> bool:
@@ -336,21 +399,23 @@ def _is_late(job: Job, now_s: float) -> bool:
 def _late(job: Job, now_s: float) -> BackendTimeoutError:
     late_ms = (now_s - (job.start_by_s or now_s)) * 1000
     return BackendTimeoutError(
-        "dropped before it ran: it could no longer finish within its latency budget "
-        f"(reached {late_ms:.1f} ms after its last possible start)"
+        "dropped before it ran: it could no longer finish by its deadline (latency budget "
+        f"or timeout); a worker reached it {late_ms:.1f} ms after its last possible start"
     )
 
 
-def _run_chunked(job: Job) -> list[Any]:
-    """Run one job alone, in runs of at most ``max_rows`` items."""
-    step = max(1, job.max_rows)
-    results: list[Any] = []
-    for i in range(0, len(job.items), step):
-        part = job.run(job.items[i : i + step])
-        if len(part) != len(job.items[i : i + step]):
-            raise RuntimeError(f"task returned {len(part)} results for {step} items")
-        results.extend(part)
-    return results
+def _run_chunked(items: list[Any], run: TaskRun, max_rows: int) -> list[Any]:
+    """Run items in runs of at most ``max_rows`` (one job alone)."""
+    step = max(1, max_rows)
+    if len(items) <= step:
+        results = run(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"task returned {len(results)} results for {len(items)} items")
+        return results
+    out: list[Any] = []
+    for i in range(0, len(items), step):
+        out.extend(_run_chunked(items[i : i + step], run, step))
+    return out
 
 
 def _deliver_all(outcomes: list[Outcome]) -> None:

@@ -107,7 +107,16 @@ class Variant(_Strict):
     recommended: bool = Field(description="On the size/latency/quality Pareto frontier.")
     runtime: Runtime = "onnx"
     precision: Literal["fp32", "fp16", "int8"]
-    quantization: Literal["none", "static-qdq", "dynamic"] = "none"
+    quantization: Literal["none", "static-qdq", "dynamic", "entropy-calibration"] = Field(
+        default="none",
+        description="How int8 was made: ONNX Runtime's static QDQ or dynamic quantization, "
+        "or TensorRT's entropy calibration on the calibration split.",
+    )
+    sparsity: Literal["none", "2:4"] = Field(
+        default="none",
+        description="'2:4': two of every four weights along the reduction axis are zero "
+        "where a layer allows, for TensorRT's sparse kernels.",
+    )
     pruning_ratio: float = Field(ge=0, lt=1)
     artifacts: list[Artifact]
     size_bytes: int = Field(ge=0, description="Bytes of the graph file.")
@@ -130,10 +139,37 @@ class Variant(_Strict):
     )
     gpu_memory_bytes: int = Field(
         ge=0,
-        description="Device memory to hold and run the variant (measured on a GPU, "
-        "else estimated from weights and activations; see gpu_memory_source).",
+        description="Device memory to hold and run the variant at the family's largest batch "
+        "and longest inputs: gpu_weights_bytes + gpu_activations_bytes. Measured for "
+        "TensorRT engines on the GPU that built them, else estimated from the graph (see "
+        "gpu_memory_source). The runtime's own per-instance memory is not included: it is "
+        "the family's runtime_memory_bytes.",
     )
-    gpu_memory_source: Literal["measured", "estimated"] = "estimated"
+    gpu_memory_source: Literal["measured", "estimated"] = Field(
+        default="estimated",
+        description="'measured': free device memory before minus after loading the engine "
+        "and creating one execution context, in a fresh process. 'estimated': the sum of "
+        "the two terms below, computed from the ONNX graph.",
+    )
+    gpu_weights_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Weights at the precision the variant runs in. Estimated: every "
+        "initializer and Constant at its stored dtype (fp16 graphs store half the bytes, "
+        "int8 a quarter plus scales); tensors computed from weights alone, such as a "
+        "DequantizeLinear of an int8 weight, are not counted again. Measured: what the "
+        "engine took beyond its activation memory.",
+    )
+    gpu_activations_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Peak activation memory. Estimated: with shapes from ONNX shape "
+        "inference at the family's largest batch and longest inputs, the most bytes of "
+        "tensors alive at once while walking the graph's nodes in order (inputs and outputs "
+        "included; a DequantizeLinear of an activation counts at its int8 input's size, as "
+        "runtimes fuse it into its consumer). Measured: the execution context's device "
+        "memory (ICudaEngine.device_memory_size_v2).",
+    )
     notes: list[str] = Field(default_factory=list, description="How it was made, in words.")
 
     def graph_path(self, repository: Path, graph: str = MAIN_GRAPH) -> Path:
@@ -186,6 +222,15 @@ class FamilyManifest(_Strict):
     assets: list[str] = Field(description="Asset files copied beside each graph.")
     built_at: str = Field(description="UTC ISO-8601 time of the build.")
     source: str = Field(description="Where the fp32 model came from (checkpoint and hash).")
+    runtime_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory one model instance's runtime takes whatever the variant (its "
+        "session, arenas, context), reported once here rather than in every variant's "
+        "gpu_memory_bytes: the resident growth of an ONNX Runtime session loading and "
+        "running a one-node graph, measured on the build machine. A deployment adds it once "
+        "per loaded model instance.",
+    )
     variants: list[Variant]
 
     @model_validator(mode="after")

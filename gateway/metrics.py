@@ -56,6 +56,7 @@ class VariantState:
         ready: Loaded and servable.
         in_flight: Requests admitted to it and not yet answered (every worker).
         queue_depth: Requests waiting for a worker, plus graph runs queued in the backend.
+        quarantined: Taken out of routing after failed runs (this worker's view).
     """
 
     model: str
@@ -63,6 +64,7 @@ class VariantState:
     ready: bool
     in_flight: int
     queue_depth: int
+    quarantined: bool = False
 
 
 _STATE_GAUGES: tuple[tuple[str, str, Callable[[VariantState], float | None]], ...] = (
@@ -80,6 +82,11 @@ _STATE_GAUGES: tuple[tuple[str, str, Callable[[VariantState], float | None]], ..
         "gateway_variant_ready",
         "1 when a published variant is loaded and servable, else 0",
         lambda s: 1 if s.ready else 0,
+    ),
+    (
+        "gateway_variant_quarantined",
+        "1 while a variant is quarantined after failed runs (routed around), else 0",
+        lambda s: 1 if s.quarantined else 0,
     ),
     (
         "gateway_variant_size_bytes",
@@ -313,6 +320,59 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # Access checks and the files re-read for rotation (gateway/security.py).
+        self.auth_rejections_total = Counter(
+            "gateway_auth_rejections_total",
+            "Calls refused by the access check (code: UNAUTHENTICATED or PERMISSION_DENIED)",
+            ["code"],
+            registry=registry,
+        )
+        self.secret_reloads_total = Counter(
+            "gateway_secret_reloads_total",
+            "Reloads of the key file (kind keys) and the TLS files (kind tls) by outcome "
+            "(loaded, failed: the previous ones stay in service)",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        # Run-time faults (gateway/faults.py): variant quarantine and per-server breakers.
+        self.variant_quarantines_total = Counter(
+            "gateway_variant_quarantines_total",
+            "Times a variant was quarantined after failed runs in a row",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.variant_health_checks_total = Counter(
+            "gateway_variant_health_checks_total",
+            "Health checks of quarantined variants by outcome (passed: back in service)",
+            ["model", "variant", "outcome"],
+            registry=registry,
+        )
+        self.retries_total = Counter(
+            "gateway_retries_total",
+            "Requests run again on another variant after their variant failed",
+            ["model"],
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_circuit_state",
+            "Circuit breaker of a backend server: 0 closed, 1 half-open (trial), 2 open",
+            ["server"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.circuit_opens_total = Counter(
+            "gateway_circuit_opens_total",
+            "Times a backend server's circuit opened",
+            ["server"],
+            registry=registry,
+        )
+        # Known label values start at zero, so dashboards and rates see a series from the
+        # first scrape rather than from the first event.
+        for code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            self.auth_rejections_total.labels(code)
+        for kind in ("keys", "tls"):
+            for outcome in ("loaded", "failed"):
+                self.secret_reloads_total.labels(kind, outcome)
         self._variants: dict[tuple[str, str], VariantMetrics] = {}
 
         self._state = VariantStateCollector(lambda: ())
@@ -335,6 +395,19 @@ class GatewayMetrics:
         MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         merged.register(self._state)
         return generate_latest(merged)
+
+    def start_faults(self, model: str, variants: Iterable[str]) -> None:
+        """Zero the quarantine and retry series of a family's variants."""
+        self.retries_total.labels(model)
+        for variant in variants:
+            self.variant_quarantines_total.labels(model, variant)
+            for outcome in ("passed", "failed"):
+                self.variant_health_checks_total.labels(model, variant, outcome)
+
+    def start_circuit(self, server: str) -> None:
+        """Publish a backend server's circuit as closed, with no opens yet."""
+        self.circuit_state.labels(server).set(0)
+        self.circuit_opens_total.labels(server)
 
     def variant(self, model: str, variant: str) -> VariantMetrics:
         """The bound series of one variant (``variant`` "" before routing)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gateway.backends.base import Backend, GraphFile, ModelRef
+from gateway.backends.runtimes import runtimes_of
 from gateway.errors import GatewayError
 from gateway.layout import VERSION as VERSION
 from gateway.layout import graph_model_name, sha256_file
@@ -32,10 +33,11 @@ from gateway.manifest import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.taskio import TaskIO, task_io
+from gateway.watch import FileSignature, file_signature, one_line
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[int, int, int]
+Signature = FileSignature
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,6 @@ class Snapshot:
                     yield served.ref
 
 
-def _signature(path: Path) -> Signature | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 def _family_of(path: Path) -> str:
     return path.name[: -len(MANIFEST_SUFFIX)]
 
@@ -139,6 +133,8 @@ class Registry:
         self._signatures: dict[Path, Signature] = {}
         self._lock = asyncio.Lock()
         self._pending_unloads: set[asyncio.TimerHandle] = set()
+        self._unloaded: set[str] = set()
+        """Families unloaded through the admin API: left out until loaded again."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -154,9 +150,32 @@ class Registry:
         async with self._lock:
             return await self._refresh()
 
+    async def unload(self, family: str) -> bool:
+        """Stop serving ``family`` until :meth:`load` (admin); False if it is not served.
+
+        Its graphs are released after the grace period, so requests on them finish.
+        """
+        async with self._lock:
+            if family not in self._snapshot.families and family not in self._snapshot.broken:
+                return False
+            self._unloaded.add(family)
+            await self._refresh()
+            log.warning("registry: %s unloaded (admin); it stays out until loaded", family)
+            return True
+
+    async def load(self, family: str) -> None:
+        """Read ``family``'s manifest again now, and serve it again if it was unloaded."""
+        async with self._lock:
+            self._unloaded.discard(family)
+            self._signatures = {
+                p: s for p, s in self._signatures.items() if _family_of(p) != family
+            }
+            await self._refresh()
+
     async def _refresh(self) -> bool:
         paths = find_manifests(self.repository) if self.repository.is_dir() else []
-        signatures = {p: s for p in paths if (s := _signature(p)) is not None}
+        paths = [p for p in paths if _family_of(p) not in self._unloaded]
+        signatures = {p: s for p in paths if (s := file_signature(p)) is not None}
         changed = [p for p, s in signatures.items() if self._signatures.get(p) != s]
         removed = [p for p in self._signatures if p not in signatures]
         if self._snapshot.loaded and not changed and not removed:
@@ -174,7 +193,7 @@ class Registry:
                 if manifest.family != name:
                     raise ValueError(f"file is named for '{name}' but holds '{manifest.family}'")
             except (ValidationError, ValueError, OSError) as exc:
-                reason = f"invalid manifest {path.name}: {_one_line(exc)}"
+                reason = f"invalid manifest {path.name}: {one_line(exc)}"
                 log.error("%s", reason)
                 self._count("failed")
                 if name in families:
@@ -217,8 +236,13 @@ class Registry:
             return ServedVariant(variant, ref, previous.io)
         loop = asyncio.get_running_loop()
         try:
-            if variant.runtime != "onnx":
-                raise ValueError(f"runtime '{variant.runtime}' is not served by this gateway")
+            runtimes = runtimes_of(self.backend)
+            if variant.runtime not in runtimes:
+                raise ValueError(
+                    f"runtime '{variant.runtime}' is not served by the {_kind(self.backend)} "
+                    f"backend, which runs {', '.join(sorted(runtimes))} graphs"
+                    + (" (serve it with --backend triton)" if variant.runtime == "tensorrt" else "")
+                )
             for graph in ref.graph_files():  # every graph checked before any loads
                 relative = graph.path.relative_to(self.repository).as_posix()
                 if not graph.path.is_file():
@@ -230,7 +254,7 @@ class Registry:
             io = await loop.run_in_executor(None, task_io, manifest.task, version_dir)
             await self.backend.load(ref)
         except (ValueError, OSError, GatewayError) as exc:
-            reason = _one_line(exc)
+            reason = one_line(exc)
             log.error("%s: not servable: %s", variant.model_name, reason)
             return ServedVariant(variant, ref, None, error=reason)
         return ServedVariant(variant, ref, io)
@@ -292,6 +316,6 @@ class Registry:
         self._pending_unloads.clear()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 500 else text[:497] + "..."
+def _kind(backend: Backend) -> str:
+    """A backend's kind in words: ``EmbeddedBackend`` → ``embedded``."""
+    return type(backend).__name__.removesuffix("Backend").lower() or "configured"

@@ -18,13 +18,15 @@ from gateway.backends.embedded import EmbeddedBackend
 from gateway.backends.triton import TritonBackend
 from gateway.config import GatewaySettings
 from gateway.dataplane import DataPlane
-from gateway.grpc.server import start_grpc_server
+from gateway.grpc.server import ADMISSION_HEADROOM, start_grpc_server
 from gateway.http.app import create_app
 from gateway.manifest import split_model_name
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.routing.live import Clock
 from gateway.routing.shared import SharedTable
+from gateway.security import Security
+from gateway.tls import triton_channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +110,14 @@ class Gateway:
             clock=clock,
         )
         self.metrics.track(self.dataplane.variant_states)
+        self.security = Security.from_settings(settings, self.metrics)
         self.http_port = 0
         self.grpc_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._secrets_task: asyncio.Task[None] | None = None
 
     def _embedded(self, settings: GatewaySettings, clock: Clock) -> EmbeddedBackend:
         return EmbeddedBackend(
@@ -137,6 +141,8 @@ class Gateway:
             probe_interval_s=settings.triton_probe_interval_s,
             load_timeout_s=settings.triton_load_timeout_s,
             demand_window_s=settings.triton_demand_window_s,
+            breaker_policy=settings.breaker_policy,
+            channel_credentials=triton_channel_credentials(settings),
             metrics=self.metrics,
             clock=clock,
         )
@@ -161,18 +167,27 @@ class Gateway:
         s = self.settings
         await self.backend.start()
         await self.registry.refresh()
+        self.dataplane.start()  # after loading, which stalls the loop as no request will
         shared = s.workers > 1
         self._grpc, self.grpc_port = await start_grpc_server(
-            self.dataplane, s.host, s.grpc_port, s.max_payload_bytes, reuse_port=shared
+            self.dataplane,
+            s.host,
+            s.grpc_port,
+            s.max_payload_bytes,
+            reuse_port=shared,
+            max_concurrent_calls=s.max_in_flight + ADMISSION_HEADROOM,
+            credentials=self.security.grpc_credentials(),
+            interceptors=self.security.grpc_interceptors(),
         )
         sock = bind(s.host, s.http_port, reuse_port=shared)
         self.http_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            create_app(self.dataplane, self.metrics, s),
+            self.security.http_app(create_app(self.dataplane, self.metrics, s)),
             log_level=s.log_level,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
+            **self.security.uvicorn_options(),
         )
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -183,6 +198,7 @@ class Gateway:
             await asyncio.sleep(0.01)
         if s.reload_interval_s > 0:
             self._watch_task = asyncio.create_task(self.registry.watch(s.reload_interval_s))
+        self._secrets_task = asyncio.create_task(self.security.watch())
         log.info(
             "gateway serving http=%s:%d grpc=%s:%d", s.host, self.http_port, s.host, self.grpc_port
         )
@@ -190,10 +206,11 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting requests, let in-flight ones finish (up to the grace), release all."""
         grace_s = self.settings.shutdown_grace_s
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._watch_task, self._secrets_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         waits = []
         if self._grpc is not None:
             waits.append(self._grpc.stop(grace_s))

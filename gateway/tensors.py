@@ -126,9 +126,12 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memory
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
-def to_raw(array: Tensor) -> bytes:
-    """Encode an array as a raw little-endian buffer (BYTES framed)."""
-    if datatype_of(array) == "BYTES":
+def to_raw(array: Tensor, datatype: str | None = None) -> bytes:
+    """Encode an array as a raw little-endian buffer (BYTES framed).
+
+    ``datatype`` is the array's KServe datatype when the caller knows it already.
+    """
+    if (datatype or datatype_of(array)) == "BYTES":
         return serialize_bytes(array)
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 

@@ -73,6 +73,8 @@ class TritonServer:
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     startup_timeout_s: float = 120.0
+    extra_args: tuple[str, ...] = ()
+    """More ``tritonserver`` options, e.g. ``--grpc-use-ssl=true`` and its certificates."""
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _workdir: tempfile.TemporaryDirectory[str] | None = None
@@ -105,7 +107,7 @@ class TritonServer:
         if self.explicit:
             cmd.append("--model-control-mode=explicit")
             cmd += [f"--load-model={name}" for name in self.load_models]
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self) -> TritonServer:
         """Start the server and wait until it is ready (all requested models loaded)."""

@@ -15,6 +15,25 @@ from gateway.tasks.base import RunGraph, RunGraphs, Task
 
 
 @dataclass(frozen=True)
+class ShapeRange:
+    """Shapes one graph input takes, batch dimension first: the smallest, typical and largest.
+
+    The largest is what GPU memory is estimated at; TensorRT's optimisation profile covers
+    the range and tunes its kernels for the typical shape.
+    """
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"min, opt and max must have one rank: {self}")
+        if any(not 1 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max, strict=True)):
+            raise ValueError(f"need 1 <= min <= opt <= max on every axis: {self}")
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     """The task metric that decides whether a variant is good enough."""
 
@@ -71,6 +90,10 @@ class ZooFamily(Protocol):
 
     def calibration_inputs(self, count: int) -> Iterator[Mapping[str, npt.NDArray[Any]]]:
         """Graph inputs from the calibration split, for static int8 quantization."""
+        ...
+
+    def shape_ranges(self, max_batch_size: int) -> dict[str, ShapeRange]:
+        """Per graph input, the shapes requests give it, up to ``max_batch_size`` rows."""
         ...
 
     def prune(self, module: nn.Module, ratio: float) -> nn.Module:

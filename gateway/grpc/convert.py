@@ -9,9 +9,10 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.dataplane import IndexEntry, ModelMetadata
+from gateway.catalog import IndexEntry, ModelMetadata
 from gateway.errors import InvalidRequestError
 from gateway.layout import config_datatype
+from gateway.limits import DEFAULT_LIMITS, Limits
 from gateway.taskio import TensorInfo
 from gateway.tensors import NUMPY_DTYPES, check_shape, element_count, from_raw, to_raw
 from gateway.types import InferRequest, InferResponse, NamedTensor, ParamValue, bytes_array
@@ -47,25 +48,41 @@ def parameters_dict(params: Mapping[str, service_pb2.InferParameter]) -> dict[st
     return {key: parameter_value(p) for key, p in params.items()}
 
 
+def _filled_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor) -> list[str]:
+    return [f.name for f, _ in tensor.contents.ListFields()]
+
+
 def _input_tensor(
-    tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None
+    tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None, limits: Limits
 ) -> NamedTensor:
     name, datatype = tensor.name, tensor.datatype
     shape = check_shape(name, datatype, list(tensor.shape))
+    limits.check_tensor(name, datatype, shape)
+    filled = _filled_contents(tensor)
     if raw is not None:
+        if filled:  # Triton refuses the ambiguity too
+            raise InvalidRequestError(
+                f"input '{name}': contents must not be given when raw_input_contents is used"
+            )
         return NamedTensor(name, datatype, from_raw(name, datatype, shape, raw))
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidRequestError(f"input '{name}': {datatype} data must be sent as raw contents")
-    values = list(getattr(tensor.contents, field))
-    if len(values) != element_count(shape):
+    stray = [f for f in filled if f != field]
+    if stray:
         raise InvalidRequestError(
-            f"input '{name}': {len(values)} elements in contents for shape {list(shape)}"
+            f"input '{name}': {datatype} data belongs in contents.{field}, not {', '.join(stray)}"
+        )
+    contents = getattr(tensor.contents, field)
+    if len(contents) != element_count(shape):
+        raise InvalidRequestError(
+            f"input '{name}': {len(contents)} elements in contents for shape {list(shape)}"
         )
     if datatype == "BYTES":
-        data = bytes_array([bytes(v) for v in values])
+        data = bytes_array([bytes(v) for v in contents])
     else:
         dtype = NUMPY_DTYPES[datatype]
+        values = list(contents)
         if dtype.kind in "iu" and values:
             info = np.iinfo(dtype)
             if min(values) < info.min or max(values) > info.max:
@@ -78,19 +95,21 @@ def infer_request(
     message: service_pb2.ModelInferRequest,
     headers: Mapping[str, str],
     timeout_s: float | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> InferRequest:
     """Convert a ``ModelInferRequest`` with its call metadata and deadline.
 
     Raises:
-        InvalidRequestError: Malformed tensors or parameters.
+        InvalidRequestError: Malformed tensors or parameters, or a tensor over ``limits``.
     """
+    limits.check_request_id(message.id)
     raw_contents = list(message.raw_input_contents)
     if raw_contents and len(raw_contents) != len(message.inputs):
         raise InvalidRequestError(
             f"{len(raw_contents)} raw_input_contents for {len(message.inputs)} inputs"
         )
     inputs = [
-        _input_tensor(t, raw_contents[i] if raw_contents else None)
+        _input_tensor(t, raw_contents[i] if raw_contents else None, limits)
         for i, t in enumerate(message.inputs)
     ]
     return InferRequest(
@@ -128,7 +147,7 @@ def infer_response(response: InferResponse) -> service_pb2.ModelInferResponse:
         _set_parameter(message.parameters[key], value)
     for output in response.outputs:
         message.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
-        message.raw_output_contents.append(to_raw(output.data))
+        message.raw_output_contents.append(to_raw(output.data, output.datatype))
     return message
 
 

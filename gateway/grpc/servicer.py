@@ -114,6 +114,32 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         return await _guarded(context, call)
 
+    async def RepositoryModelLoad(  # noqa: N802
+        self,
+        request: service_pb2.RepositoryModelLoadRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.RepositoryModelLoadResponse:
+        """Read a family's manifest again now, serving it again if it was unloaded."""
+
+        async def call() -> service_pb2.RepositoryModelLoadResponse:
+            await self.dataplane.load_model(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+
+        return await _guarded(context, call)
+
+    async def RepositoryModelUnload(  # noqa: N802
+        self,
+        request: service_pb2.RepositoryModelUnloadRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.RepositoryModelUnloadResponse:
+        """Stop serving a family until it is loaded again."""
+
+        async def call() -> service_pb2.RepositoryModelUnloadResponse:
+            await self.dataplane.unload_model(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+
+        return await _guarded(context, call)
+
     async def RepositoryIndex(  # noqa: N802
         self,
         request: service_pb2.RepositoryIndexRequest,
@@ -128,7 +154,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> service_pb2.ModelInferResponse:
         infer_request = convert.infer_request(
-            request, call_headers(context), context.time_remaining()
+            request, call_headers(context), context.time_remaining(), self.dataplane.limits
         )
         response = await self.dataplane.infer(infer_request)
         return convert.infer_response(response)
@@ -141,19 +167,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         Trailing, not initial: it travels with the status, while initial metadata sent on
         its own is one more operation (and wake-up) per call.
         """
-
-        async def call() -> service_pb2.ModelInferResponse:
+        try:  # the one error path, inline: this is the hot call
             message = await self._infer(request, context)
-            params = message.parameters
-            context.set_trailing_metadata(
-                (
-                    ("x-variant", params["variant"].string_param),
-                    ("x-selection-reason", params["selection_reason"].string_param),
-                )
+        except Exception as exc:  # translated by the error table, unknown ones to INTERNAL
+            await _abort(context, exc)
+        params = message.parameters
+        context.set_trailing_metadata(
+            (
+                ("x-request-id", message.id),
+                ("x-variant", params["variant"].string_param),
+                ("x-selection-reason", params["selection_reason"].string_param),
             )
-            return message
-
-        return await _guarded(context, call)
+        )
+        return message
 
     async def ModelStreamInfer(  # noqa: N802
         self,

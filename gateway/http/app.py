@@ -18,8 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.catalog import ModelMetadata
 from gateway.config import GatewaySettings
-from gateway.dataplane import DataPlane, ModelMetadata
+from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, InvalidRequestError, PayloadTooLargeError, status_of
 from gateway.grpc.convert import model_config
 from gateway.http import convert
@@ -80,7 +81,7 @@ class IndexRequestBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 429, 500, 503, 504)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 429, 500, 503, 504)
 }
 
 
@@ -89,7 +90,8 @@ def error_response(exc: Exception) -> JSONResponse:
     _, status, message = status_of(exc)
     if not isinstance(exc, GatewayError):
         log.error("unexpected error in an HTTP call", exc_info=exc)
-    return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=dict(exc.http_headers))
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
@@ -225,12 +227,13 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
             body = await read_body(request, limit)
             body = convert.decompress(body, request.headers.get("content-encoding"), limit)
             headers = {k.lower(): v for k, v in request.headers.items()}
-            parsed = convert.parse_infer(body, name, version, headers)
+            parsed = convert.parse_infer(body, name, version, headers, dataplane.limits)
             response = await dataplane.infer(parsed.request)
             content, header_length = convert.render_infer(response, parsed)
         except Exception as exc:  # answered here, so each failure is logged once
             return error_response(exc)
         out_headers = {
+            "x-request-id": response.request_id,
             "x-variant": response.selection.variant,
             "x-selection-reason": response.selection.reason,
         }
@@ -253,6 +256,18 @@ def create_app(dataplane: DataPlane, metrics: GatewayMetrics, settings: GatewayS
             {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
             for e in dataplane.repository_index(ready_only)
         ]
+
+    @app.post("/v2/repository/models/{name}/load", responses=_ERRORS, tags=["repository"])
+    async def repository_load(name: str) -> Response:
+        """Read a family's manifest again now, serving it again if it was unloaded (admin)."""
+        await dataplane.load_model(name)
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{name}/unload", responses=_ERRORS, tags=["repository"])
+    async def repository_unload(name: str) -> Response:
+        """Stop serving a family until it is loaded again (admin)."""
+        await dataplane.unload_model(name)
+        return Response(status_code=200)
 
     @app.get("/metrics", tags=["server"])
     async def prometheus() -> Response:
@@ -305,6 +320,11 @@ def _install_openapi(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(extra.pop("$defs", {}))
             components["InferRequestBody"] = extra
+            # Keys are needed only where the gateway is configured with a key file.
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pydantic import ValidationError as PydanticValidationError
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
+from gateway.limits import DEFAULT_LIMITS, Limits
 from gateway.tensors import check_shape, from_json, from_raw, to_json, to_raw
 from gateway.types import InferRequest, InferResponse, NamedTensor, ParamValue
 
@@ -136,15 +137,20 @@ def _validation_message(exc: PydanticValidationError) -> str:
     return f"invalid request body at '{where}': {first['msg']}{more}"
 
 
-def _inputs(body: InferRequestBody, binary: memoryview) -> list[NamedTensor]:
+def _inputs(body: InferRequestBody, binary: memoryview, limits: Limits) -> list[NamedTensor]:
     tensors: list[NamedTensor] = []
     offset = 0
     for item in body.inputs:
         shape = check_shape(item.name, item.datatype, item.shape)
+        limits.check_tensor(item.name, item.datatype, shape)
         size = item.parameters.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidRequestError(f"input '{item.name}': invalid binary_data_size")
+            if item.data is not None:
+                raise InvalidRequestError(
+                    f"input '{item.name}': give either data or binary_data_size, not both"
+                )
             if offset + size > len(binary):
                 raise InvalidRequestError(
                     f"input '{item.name}': binary_data_size {size} overruns the body"
@@ -169,6 +175,7 @@ def parse_infer(
     model_name: str,
     model_version: str,
     headers: Mapping[str, str],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ParsedRequest:
     """Parse an inference request body (JSON, or JSON header + binary tensors).
 
@@ -177,15 +184,18 @@ def parse_infer(
         model_name: From the URL.
         model_version: From the URL, or empty.
         headers: Request headers with lower-case names.
+        limits: JSON depth and tensor size limits, checked before decoding.
 
     Raises:
-        InvalidRequestError: Malformed JSON, structure, tensors or binary layout.
+        InvalidRequestError: Malformed JSON, structure, tensors or binary layout, or a body
+            over ``limits``.
     """
     length = _header_length(headers.get(HEADER_LENGTH), len(body))
     head = body if length is None else body[:length]
+    limits.check_json(head)
     try:
         raw = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise InvalidRequestError("request body must be a JSON object")
@@ -193,6 +203,7 @@ def parse_infer(
         parsed = InferRequestBody.model_validate(raw)
     except PydanticValidationError as exc:
         raise InvalidRequestError(_validation_message(exc)) from exc
+    limits.check_request_id(parsed.id)
     binary = memoryview(body)[length:] if length is not None else memoryview(b"")
     params: dict[str, ParamValue] = dict(parsed.parameters)
     outputs = parsed.outputs or []
@@ -201,7 +212,7 @@ def parse_infer(
         model_name=model_name,
         model_version=model_version,
         request_id=parsed.id,
-        inputs=_inputs(parsed, binary),
+        inputs=_inputs(parsed, binary, limits),
         parameters=params,
         headers=headers,
         requested_outputs=[o.name for o in outputs] or None,
@@ -221,7 +232,7 @@ def render_infer(response: InferResponse, parsed: ParsedRequest) -> tuple[bytes,
             "shape": list(tensor.shape),
         }
         if parsed.binary_by_default or tensor.name in parsed.binary_outputs:
-            raw = to_raw(tensor.data)
+            raw = to_raw(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

@@ -7,6 +7,8 @@ processes each decision counts every worker's requests and learns from every wor
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 
 from gateway.manifest import FamilyManifest, Variant
@@ -62,19 +64,56 @@ class LiveLoad:
         return int(self.table.total(self.table.column(key), QUEUED))
 
 
+class WorkRate:
+    """Seconds of work run per second, smoothed over ``time_constant_s``.
+
+    Against the compute's threads this is how busy it is, as measured (what runs took, not
+    what their profiles claim), so it holds whatever the profiles say.
+    """
+
+    def __init__(self, clock: Clock, time_constant_s: float = 0.25) -> None:
+        """Start at zero."""
+        self._clock = clock
+        self.time_constant_s = time_constant_s
+        self._rate = 0.0
+        self._at = clock()
+
+    def _decayed(self, now: float) -> float:
+        return self._rate * math.exp(-max(0.0, now - self._at) / self.time_constant_s)
+
+    def add(self, work_s: float) -> None:
+        """A run of ``work_s`` seconds ended now."""
+        now = self._clock()
+        self._rate = self._decayed(now) + work_s / self.time_constant_s
+        self._at = now
+
+    def per_s(self) -> float:
+        """Seconds of work run per second, now."""
+        return self._decayed(self._clock())
+
+
 class ServiceModels:
     """One :class:`ServiceModel` per variant, rebuilt when its manifest entry changes."""
 
     def __init__(
-        self, observed_weight: float, min_samples: int, table: SharedTable | None = None
+        self,
+        observed_weight: float,
+        min_samples: int,
+        table: SharedTable | None = None,
+        *,
+        stale_s: float = math.inf,
+        clock: Clock = time.monotonic,
     ) -> None:
         """Blend observations in with ``observed_weight`` once ``min_samples`` are seen.
 
-        Measurements are kept in ``table`` (shared by the workers; default: private).
+        Measurements are kept in ``table`` (shared by the workers; default: private) and
+        fade over ``stale_s`` once no run refreshes them.
         """
         self.observed_weight = observed_weight
         self.min_samples = min_samples
         self.table = table or SharedTable()
+        self.stale_s = stale_s
+        self.clock = clock
         self._models: dict[str, tuple[Variant, ServiceModel]] = {}
 
     def get(self, manifest: FamilyManifest, variant: Variant) -> ServiceModel:
@@ -94,6 +133,8 @@ class ServiceModels:
             observed_weight=self.observed_weight,
             min_samples=self.min_samples,
             learning=learning,
+            stale_s=self.stale_s,
+            clock=self.clock,
         )
         self._models[variant.model_name] = (variant, model)
         return model

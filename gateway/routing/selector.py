@@ -40,6 +40,7 @@ class Estimate:
     Attributes:
         idle_p50_s: The profile's median for this request alone (no load, no correction):
             whether the variant can ever fit.
+        service_p50_s: The median of its run now: what it costs the shared compute.
         idle_p95_s: The profile's tail for this request alone: whether load is to blame.
         service_p95_s: The tail of its run now (corrected by what runs measure lately).
         wait_s: Predicted time before its run starts (work ahead in its compute pool).
@@ -49,6 +50,7 @@ class Estimate:
     idle_p50_s: float
     idle_p95_s: float
     service_p95_s: float
+    service_p50_s: float = 0.0
     wait_s: float = 0.0
     in_flight: int = 0
 
@@ -115,8 +117,16 @@ def select(
     max_in_flight_per_variant: int,
     elapsed_s: float = 0.0,
     pinned: bool = False,
+    utilization: float = 0.0,
+    target_utilization: float = 1.0,
+    queue_headroom: float = 0.0,
 ) -> Choice:
     """Rank the variants that can serve a request now, most accurate first.
+
+    While the shared compute is busier than ``target_utilization`` (run time per second
+    against its threads), every request spent on a bigger variant is capacity another
+    request lacks: the cheapest variant that meets the budget is ranked first instead, so
+    overload is met at the fastest variant's capacity.
 
     Args:
         family: Family name, for messages.
@@ -126,6 +136,11 @@ def select(
         max_in_flight_per_variant: Admitted requests one variant may hold.
         elapsed_s: Seconds the request has already spent in the gateway.
         pinned: The client named the variant; the reason is then ``pinned``.
+        utilization: Recent run time per second over the compute's threads.
+        target_utilization: Above it, the cheapest fitting variant is ranked first.
+        queue_headroom: A variant dearer than the cheapest must fit with its wait counted
+            ``1 + queue_headroom`` times, so that a queue building behind it still fits on a
+            cheaper one (no effect on an idle pool).
 
     Returns:
         The ranking and the reason code and sentence for its first entry.
@@ -152,6 +167,7 @@ def select(
     ranked: list[Ranked] = []
     dynamic_misses: dict[str, tuple[str, str]] = {}
     limit_s = None if budget.latency_budget_s is None else budget.latency_budget_s - elapsed_s
+    cheapest = min(e.service_p50_s for _, e in feasible)
     for variant, estimate in feasible:
         if estimate.in_flight >= max_in_flight_per_variant:
             dynamic_misses[variant.name] = (
@@ -160,6 +176,10 @@ def select(
             )
             continue
         predicted_s = estimate.completion_s
+        if estimate.service_p50_s > cheapest:
+            # A dearer variant must also leave the queue room: work arriving behind it
+            # should still fit on a cheaper one.
+            predicted_s += queue_headroom * estimate.wait_s
         if limit_s is not None and predicted_s > limit_s:
             # Too slow even idle (its profiled tail misses) is the budget's doing, not load's.
             idle = estimate.idle_p95_s > limit_s
@@ -181,12 +201,25 @@ def select(
             + "; ".join(sentence for _, sentence in dynamic_misses.values())
         )
 
-    ranked.sort(
-        key=lambda r: (-r.variant.quality, r.predicted_latency_s, r.variant.gpu_memory_bytes)
-    )
+    saturated = utilization >= target_utilization and not pinned
+    if saturated:
+        costs = {v.name: e.service_p50_s for v, e in feasible}
+        ranked.sort(key=lambda r: (costs[r.variant.name], -r.variant.quality))
+    else:
+        ranked.sort(
+            key=lambda r: (-r.variant.quality, r.predicted_latency_s, r.variant.gpu_memory_bytes)
+        )
     top = ranked[0].variant
     if pinned:
         return Choice(ranked, PINNED, f"{top.name} pinned by the request")
+    if saturated and any(r.variant.quality > top.quality for r in ranked):
+        return Choice(
+            ranked,
+            LOAD,
+            f"the compute is {100 * utilization:.0f} % busy (target "
+            f"{100 * target_utilization:.0f} %): {top.name}, the cheapest variant that meets "
+            "the budget, serves",
+        )
     better = [v for v in variants if v.quality > top.quality]
     if not better:
         return Choice(ranked, MOST_ACCURATE, f"{top.name} is the most accurate variant")

@@ -3,20 +3,28 @@
 The profile gives p50 and p95 at several batch sizes (concurrency 1). Service time is
 modelled as ``fixed + per_row * rows`` fitted by least squares on the p50s, and the idle
 tail as the profile's p95/p50 ratio. Requests differ in size (audio seconds, tokens): when a
-family's profile also measured latency against item size, the per-row term scales with the
-request's size relative to the items profiled.
+family's profile also measured latency against item size, each row weighs what the size
+curve (interpolated between its points) says an item of its size costs against one of the
+profiled mean size, so a long sentence is predicted long and a short one short. Runs that
+execute side by side share the cores: the profile's concurrency points (batch 1 at
+concurrency 2, 4, ...) give how much slower each one runs, and a prediction says at what
+concurrency the run will execute.
 
-Online, each finished run reports its measured seconds; the ratio measured / predicted
-enters an exponentially weighted mean, and ``observed_weight`` blends it into every
-prediction. Execution time, not queueing, is what is observed (queueing is predicted from
-the pool's queue), so a burst that is shed leaves no stale latency behind: the correction
-says how fast the variant runs now, with the machine as busy as it is.
+Online, each finished run reports its measured seconds and the concurrency it ran at; the
+ratio measured / predicted (at that concurrency) enters an exponentially weighted mean and a
+95th percentile over the last runs, and ``observed_weight`` blends them into every prediction.
+Execution time, not queueing, is what is observed (queueing is predicted from the pool's
+queue), so a burst that is shed leaves no stale latency behind: the correction says how
+fast the variant runs now on this machine.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.manifest import LatencyPoint, SizePoint
@@ -34,29 +42,70 @@ class ServiceFit:
         fixed_s: Cost of a run regardless of its rows.
         per_row_s: Cost of one more item of the profiled typical size.
         tail: p95 over p50 at batch 1, idle: how much slower a slow run is.
-        size_fixed: Share of ``per_row_s`` that does not grow with an item's size.
-        profiled_size: Mean item size of the profile's items (None: sizes not profiled).
+        size_curve: ``(size, p50_s)`` at batch 1, ascending in size: how an item's cost
+            grows with its size (empty: sizes not profiled).
+        profiled_size: Mean item size of the items behind the batch points.
+        contention: ``(concurrency, slowdown)`` pairs, ascending: how much slower a run is
+            with that many runs executing at once (1.0 at concurrency 1).
     """
 
     fixed_s: float
     per_row_s: float
     tail: float = 1.0
-    size_fixed: float = 1.0
+    size_curve: tuple[tuple[float, float], ...] = ()
     profiled_size: float | None = None
+    contention: tuple[tuple[int, float], ...] = ()
 
-    def p50_s(self, rows: int, size: float | None = None) -> float:
+    def p50_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
         """Median seconds of one run of ``rows`` items whose sizes sum to ``size``."""
-        return self.fixed_s + self.per_row_s * self._row_units(rows, size)
+        base = self.fixed_s + self.per_row_s * self._row_units(rows, size)
+        return base * self.slowdown(concurrency)
 
-    def p95_s(self, rows: int, size: float | None = None) -> float:
+    def p95_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
         """Tail (p95) seconds of the same run."""
-        return self.p50_s(rows, size) * self.tail
+        return self.p50_s(rows, size, concurrency) * self.tail
+
+    def slowdown(self, concurrency: int) -> float:
+        """How much slower one run is with ``concurrency`` runs executing at once.
+
+        Linear between profiled concurrencies; beyond the highest, in proportion to
+        concurrency (the cores are saturated there); 1.0 without a profiled curve.
+        """
+        curve = self.contention
+        if concurrency <= 1 or not curve:
+            return 1.0
+        previous = (1, 1.0)
+        for point in curve:
+            if concurrency <= point[0]:
+                (c0, f0), (c1, f1) = previous, point
+                return f0 + (f1 - f0) * (concurrency - c0) / (c1 - c0)
+            previous = point
+        c_max, f_max = curve[-1]
+        return f_max * concurrency / c_max
 
     def _row_units(self, rows: int, size: float | None) -> float:
-        if size is None or self.profiled_size is None or self.profiled_size <= 0:
+        """Rows, each weighed by its cost at its size against an item of profiled size."""
+        if size is None or not self.size_curve or not self.profiled_size or rows <= 0:
             return float(rows)
-        scaled = size / self.profiled_size
-        return rows * self.size_fixed + (1.0 - self.size_fixed) * scaled
+        typical = _interpolate(self.size_curve, self.profiled_size)
+        if typical <= 0:
+            return float(rows)
+        return rows * _interpolate(self.size_curve, size / rows) / typical
+
+
+def _interpolate(curve: Sequence[tuple[float, float]], x: float) -> float:
+    """The curve at ``x``: linear between points, extended along its end segments."""
+    if len(curve) == 1:
+        return curve[0][1] * (x / curve[0][0]) if curve[0][0] > 0 else curve[0][1]
+    if x <= curve[0][0]:
+        (x0, y0), (x1, y1) = curve[0], curve[1]
+    elif x >= curve[-1][0]:
+        (x0, y0), (x1, y1) = curve[-2], curve[-1]
+    else:
+        i = next(i for i in range(1, len(curve)) if x <= curve[i][0])
+        (x0, y0), (x1, y1) = curve[i - 1], curve[i]
+    slope = (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
+    return max(0.05 * min(y for _, y in curve), y0 + slope * (x - x0))
 
 
 def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -87,46 +136,102 @@ def fit_profile(
     single = sorted((p for p in points if p.concurrency == 1), key=lambda p: p.batch_size)
     if not single:
         return None
+    alone = next((p.p50_s for p in single if p.batch_size == 1), 0.0)
+    contention = tuple(
+        sorted(
+            (p.concurrency, max(1.0, p.p50_s / alone))
+            for p in points
+            if p.batch_size == 1 and p.concurrency > 1 and alone > 0
+        )
+    )
     fixed_s, per_row_s = _line([p.batch_size for p in single], [p.p50_s for p in single])
     first = single[0]
     tail = first.p95_s / first.p50_s if first.p50_s > 0 else 1.0
-    size_fixed = 1.0
-    if len(sizes) >= 2 and mean_size:
-        # p50(size) = a + b * size at batch 1; the share of a row's cost that is fixed.
-        a, b = _line([s.size for s in sizes], [s.p50_s for s in sizes])
-        at_mean = a + b * mean_size
-        size_fixed = min(1.0, max(0.0, a / at_mean)) if at_mean > 0 else 1.0
+    curve = tuple(sorted((s.size, s.p50_s) for s in sizes if s.size > 0))
     return ServiceFit(
         fixed_s=fixed_s,
         per_row_s=per_row_s,
         tail=max(1.0, tail),
-        size_fixed=size_fixed,
-        profiled_size=mean_size if len(sizes) >= 2 else None,
+        size_curve=curve if len(curve) >= 2 and mean_size else (),
+        profiled_size=mean_size if len(curve) >= 2 and mean_size else None,
+        contention=_monotone(contention),
     )
 
 
-class Learning:
-    """What a variant's runs have measured: a ratio to its profile and a sample count.
+def _monotone(curve: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+    """The curve made non-decreasing: more runs at once never make one run faster."""
+    out: list[tuple[int, float]] = []
+    for concurrency, factor in curve:
+        out.append((concurrency, max(factor, out[-1][1] if out else 1.0)))
+    return tuple(out)
 
-    Kept here for one process; :class:`SharedLearning` keeps it in the workers' table.
+
+@dataclass(frozen=True)
+class Measured:
+    """What a variant's runs measured, as ratios to the profile's median for each run.
+
+    Attributes:
+        ratio: Running mean of measured / profiled seconds.
+        tail: The ratio's 95th percentile over the recent runs.
+        samples: Runs measured.
+        at_s: Clock time of the newest run (what fades it).
+    """
+
+    ratio: float = 1.0
+    tail: float = 1.0
+    samples: int = 0
+    at_s: float = 0.0
+
+
+TAIL_QUANTILE = 0.95
+"""The quantile ``Measured.tail`` tracks."""
+TAIL_WINDOW = 64
+"""Recent runs (of this process) the tail is taken over."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What routing needs to know about one run on one variant.
+
+    Attributes:
+        p50_s: Its median seconds now (at the concurrency it will run at).
+        p95_s: Its tail seconds now.
+        idle_p50_s: Its median alone on an idle machine, the lower of profile and runs
+            (whether the variant can ever meet a budget; the profile alone when
+            ``observed_weight`` is 0).
+        idle_p95_s: Its tail alone, likewise (whether a miss is the budget's doing).
+        measured_p50_s: What measured runs say its median alone is, whatever
+            ``observed_weight`` says; None until ``min_samples`` runs.
+    """
+
+    p50_s: float
+    p95_s: float
+    idle_p50_s: float
+    idle_p95_s: float
+    measured_p50_s: float | None
+
+
+class Learning:
+    """Where a variant's :class:`Measured` is kept: here, for one process.
+
+    :class:`gateway.routing.shared.SharedLearning` keeps it in the workers' table instead.
     """
 
     def __init__(self) -> None:
         """Nothing measured yet."""
-        self._ratio = 1.0
-        self._samples = 0
+        self._measured = Measured()
 
-    def read(self) -> tuple[float, int]:
-        """(ratio, samples) over everything that measures this variant."""
-        return self._ratio, self._samples
+    def read(self) -> Measured:
+        """What every process measuring this variant has measured."""
+        return self._measured
 
-    def own(self) -> tuple[float, int]:
-        """(ratio, samples) of this process's runs."""
-        return self._ratio, self._samples
+    def own(self) -> Measured:
+        """What this process has measured."""
+        return self._measured
 
-    def write(self, ratio: float, samples: int) -> None:
-        """Store this process's new ratio and count."""
-        self._ratio, self._samples = ratio, samples
+    def write(self, measured: Measured) -> None:
+        """Store this process's new measurements."""
+        self._measured = measured
 
 
 class ServiceModel:
@@ -144,6 +249,8 @@ class ServiceModel:
         min_samples: int,
         smoothing: float = 0.1,
         learning: Learning | None = None,
+        stale_s: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Start from ``fit`` (None: learn everything from observations).
 
@@ -151,65 +258,105 @@ class ServiceModel:
             fit: The profile's model.
             observed_weight: Weight of the measured correction at full sample count (0-1).
             min_samples: Observations at which the correction reaches its full weight.
-            smoothing: Weight of each new observation in the running mean ratio.
+            smoothing: Weight of each new observation in the running means.
             learning: Where measurements are kept (shared between workers, or not).
+            stale_s: Time constant over which measurements fade once no run refreshes
+                them, so a variant routing no longer picks is predicted from its profile
+                again (and tried again) instead of being judged on a slow spell forever.
+            clock: Monotonic seconds, the same for every worker.
         """
         self.fit = fit
         self.observed_weight = observed_weight
         self.min_samples = min_samples
         self.smoothing = smoothing
+        self.stale_s = stale_s
+        self.clock = clock
         self.learning = learning or Learning()
+        self._recent: deque[float] = deque(maxlen=TAIL_WINDOW)
         self._lock = threading.Lock()
 
-    def _base_p50_s(self, rows: int, size: float | None) -> float:
+    def _base_p50_s(self, rows: int, size: float | None, concurrency: int = 1) -> float:
         """The profile's median, or one second per item without a profile."""
         if self.fit is not None:
-            return self.fit.p50_s(rows, size)
+            return self.fit.p50_s(rows, size, concurrency)
         return float(rows)
 
-    def correction(self) -> float:
-        """The factor applied to the profile now (1.0 before any observation)."""
-        ratio, samples = self.learning.read()
+    def _weight(self, measured: Measured) -> float:
         if self.fit is None:
-            return ratio if samples else 0.0
-        weight = self.observed_weight * min(1.0, samples / self.min_samples)
-        return (1.0 - weight) + weight * ratio
+            return 1.0 if measured.samples else 0.0
+        weight = self.observed_weight * min(1.0, measured.samples / self.min_samples)
+        if weight and self.stale_s < math.inf:
+            weight *= math.exp(-max(0.0, self.clock() - measured.at_s) / self.stale_s)
+        return weight
 
-    def p50_s(self, rows: int, size: float | None = None) -> float:
-        """Predicted median seconds of a run of ``rows`` items of total ``size``."""
-        return self._base_p50_s(rows, size) * self.correction()
+    def correction(self, measured: Measured | None = None) -> float:
+        """The factor applied to the profile's median now (1.0 before any observation)."""
+        measured = measured or self.learning.read()
+        if self.fit is None:
+            return measured.ratio if measured.samples else 0.0
+        weight = self._weight(measured)
+        return (1.0 - weight) + weight * measured.ratio
 
-    def p95_s(self, rows: int, size: float | None = None) -> float:
-        """Predicted tail seconds of the same run."""
-        tail = self.fit.tail if self.fit is not None else 1.5
-        return self.p50_s(rows, size) * tail
+    def predict(self, rows: int, size: float | None = None, concurrency: int = 1) -> Prediction:
+        """Every figure routing needs for one run, from one read of the measurements.
 
-    def measured_p50_s(self, rows: int, size: float | None = None) -> float | None:
-        """What runs have measured for such a run, whatever ``observed_weight`` says.
-
-        None until ``min_samples`` runs were seen.
+        Args:
+            rows: Items in the run.
+            size: Their total size in the family's size unit (None: typical items).
+            concurrency: Runs executing beside it, itself included.
         """
-        ratio, samples = self.learning.read()
-        if samples < self.min_samples:
-            return None
-        return self._base_p50_s(rows, size) * ratio
+        measured = self.learning.read()
+        base = self._base_p50_s(rows, size, concurrency)
+        weight = self._weight(measured)
+        profiled_tail = self.fit.tail if self.fit is not None else 1.5
+        tail = (1.0 - weight) * profiled_tail + weight * measured.tail
+        alone = self._base_p50_s(rows, size) if concurrency > 1 else base
+        trusted = measured.samples >= self.min_samples
+        if self.fit is None:
+            idle_p50 = idle_p95 = 0.0
+        elif trusted and weight > 0:
+            # A profile from a busier or slower machine must not refuse what this one does
+            # in time; load must not turn a slowdown into a refusal: the lower of the two.
+            idle_p50 = alone * min(1.0, measured.ratio)
+            idle_p95 = alone * min(self.fit.tail, measured.tail)
+        else:
+            idle_p50, idle_p95 = alone, alone * self.fit.tail
+        return Prediction(
+            p50_s=base * self.correction(measured),
+            p95_s=base * tail,
+            idle_p50_s=idle_p50,
+            idle_p95_s=idle_p95,
+            measured_p50_s=alone * measured.ratio if trusted else None,
+        )
 
-    def observe(self, rows: int, size: float | None, seconds: float) -> None:
-        """Record that a run of ``rows`` items took ``seconds``."""
+    def p50_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
+        """Predicted median seconds of a run of ``rows`` items of total ``size``."""
+        return self.predict(rows, size, concurrency).p50_s
+
+    def p95_s(self, rows: int, size: float | None = None, concurrency: int = 1) -> float:
+        """Predicted tail seconds of the same run: the profile's tail and the measured one."""
+        return self.predict(rows, size, concurrency).p95_s
+
+    def observe(self, rows: int, size: float | None, seconds: float, concurrency: int = 1) -> None:
+        """Record that a run of ``rows`` items took ``seconds`` beside others."""
         if rows <= 0 or seconds <= 0:
             return
-        predicted = self._base_p50_s(rows, size)
+        predicted = self._base_p50_s(rows, size, concurrency)
         if predicted <= 0:
             return
-        measured = seconds / predicted
+        r = seconds / predicted
         if self.fit is not None:
-            measured = min(MAX_RATIO, max(MIN_RATIO, measured))
+            r = min(MAX_RATIO, max(MIN_RATIO, r))
         with self._lock:
-            ratio, samples = self.learning.own()
-            ratio = measured if samples == 0 else ratio + self.smoothing * (measured - ratio)
-            self.learning.write(ratio, samples + 1)
+            old = self.learning.own()
+            self._recent.append(r)
+            ratio = r if old.samples == 0 else old.ratio + self.smoothing * (r - old.ratio)
+            # The tail of the recent runs: follows a slowdown and its end within a window.
+            ordered = sorted(self._recent)
+            tail = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
+            self.learning.write(Measured(ratio, max(tail, ratio), old.samples + 1, self.clock()))
 
     @property
     def samples(self) -> int:
         """Observations so far (every worker's)."""
-        return self.learning.read()[1]
+        return self.learning.read().samples

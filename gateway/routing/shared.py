@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.routing.service_time import Learning
+from gateway.routing.service_time import Learning, Measured
 
 MAX_VARIANTS = 512
 """Columns of the table: variants (of every family) the gateway can count."""
 NAME_BYTES = 128
 """Longest variant model name, in UTF-8 bytes."""
-IN_FLIGHT, QUEUED, SAMPLES, RATIO = range(4)
-_FIELDS = 4
+IN_FLIGHT, QUEUED, SAMPLES, RATIO, TAIL, AT = range(6)
+_FIELDS = 6
 _CELL = 8  # float64
 
 
@@ -67,6 +67,7 @@ class SharedTable:
         self._names = memoryview(self._map)[: MAX_VARIANTS * NAME_BYTES]
         self._cells = memoryview(self._map)[MAX_VARIANTS * NAME_BYTES :].cast("d")
         self._columns: dict[str, int | None] = {}
+        self._row = MAX_VARIANTS * _FIELDS
         self._thread_lock = threading.Lock()
 
     @staticmethod
@@ -134,14 +135,17 @@ class SharedTable:
         """A cell summed over every worker."""
         if column is None:
             return 0.0
-        cells, at = self._cells, self._at
-        return sum(cells[at(w, column, field)] for w in range(self.workers))
+        if self.workers == 1:
+            return self._cells[self._at(0, column, field)]
+        return sum(self.rows(column, field))
 
     def rows(self, column: int | None, field: int) -> list[float]:
         """A cell of each worker, in worker order."""
         if column is None:
             return [0.0] * self.workers
-        return [self._cells[self._at(w, column, field)] for w in range(self.workers)]
+        # One strided view: worker w's cell is a whole row of cells further on.
+        cells = self._cells[self._at(0, column, field) :: self._row].tolist()
+        return [float(c) for c in cells]
 
     def names(self) -> list[tuple[str, int]]:
         """Every claimed variant name with its column."""
@@ -169,27 +173,45 @@ class SharedLearning(Learning):
         self.table = table
         self.column = column
 
-    def read(self) -> tuple[float, int]:
-        """The sample-weighted ratio and total samples over every worker."""
+    def read(self) -> Measured:
+        """Every worker's measurements, weighted by their sample counts."""
         if self.column is None:
             return super().read()
+        if self.table.workers == 1:
+            return self.own()
         counts = self.table.rows(self.column, SAMPLES)
         total = sum(counts)
         if total <= 0:
-            return 1.0, 0
+            return Measured()
         ratios = self.table.rows(self.column, RATIO)
-        return sum(c * r for c, r in zip(counts, ratios, strict=True)) / total, int(total)
+        tails = self.table.rows(self.column, TAIL)
+        return Measured(
+            ratio=sum(c * r for c, r in zip(counts, ratios, strict=True)) / total,
+            tail=sum(c * t for c, t in zip(counts, tails, strict=True)) / total,
+            samples=int(total),
+            at_s=max(self.table.rows(self.column, AT)),
+        )
 
-    def own(self) -> tuple[float, int]:
-        """This worker's ratio and count."""
+    def own(self) -> Measured:
+        """This worker's measurements."""
         if self.column is None:
             return super().own()
-        return self.table.own(self.column, RATIO), int(self.table.own(self.column, SAMPLES))
+        samples = int(self.table.own(self.column, SAMPLES))
+        if samples == 0:
+            return Measured()
+        return Measured(
+            self.table.own(self.column, RATIO),
+            self.table.own(self.column, TAIL),
+            samples,
+            self.table.own(self.column, AT),
+        )
 
-    def write(self, ratio: float, samples: int) -> None:
-        """Publish this worker's ratio and count."""
+    def write(self, measured: Measured) -> None:
+        """Publish this worker's measurements (the count last, so a reader sees a pair)."""
         if self.column is None:
-            super().write(ratio, samples)
+            super().write(measured)
             return
-        self.table.set(self.column, RATIO, ratio)
-        self.table.set(self.column, SAMPLES, samples)
+        self.table.set(self.column, RATIO, measured.ratio)
+        self.table.set(self.column, TAIL, measured.tail)
+        self.table.set(self.column, AT, measured.at_s)
+        self.table.set(self.column, SAMPLES, measured.samples)

@@ -28,6 +28,15 @@ MIN_RATE_HZ, MAX_RATE_HZ = 4000, 384000
 MAX_AUDIO_S = 600.0
 """Longest audio one item may hold (10 minutes), encoded or raw. Longer audio is refused
 with INVALID_ARGUMENT; up to this, speech is transcribed window by window in one request."""
+MAX_RESAMPLE_FACTOR = 2000
+"""Largest up or down factor of a rate conversion (after dividing out the rates' GCD).
+
+Polyphase resampling builds a filter of about 20 taps per unit of the larger factor, so an
+odd rate such as 100,003 Hz would cost seconds (or gigabytes) for a few samples. Every
+standard rate (8, 11.025, 22.05, 44.1, 48, 96, 192 kHz ...) is far below the bound."""
+MAX_SAMPLE_PEAK = 4.0
+"""Largest sample magnitude accepted: well above [-1, 1] for clipped or resampled audio, far
+below where the power spectrum overflows float32."""
 
 
 def audio_seconds(item: FloatArray | bytes) -> float:
@@ -55,8 +64,10 @@ def _info(data: bytes) -> _Header:
         raise TaskInputError("empty audio file")
     try:
         info = soundfile.info(io.BytesIO(data))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise TaskInputError(f"cannot decode audio (WAV, FLAC or Ogg expected): {exc}") from exc
+    except Exception as exc:  # any failure to read client bytes is bad input, never a 500
+        raise TaskInputError(
+            f"cannot decode audio (WAV, FLAC or Ogg expected): {exc or type(exc).__name__}"
+        ) from exc
     return _Header(int(info.frames), int(info.samplerate), int(info.channels))
 
 
@@ -79,10 +90,15 @@ def decode_audio(data: bytes, max_duration_s: float = MAX_AUDIO_S) -> FloatArray
         TaskInputError: Not decodable, empty, or longer than ``max_duration_s``.
     """
     header = _info(data)
-    if not MIN_RATE_HZ <= header.rate_hz <= MAX_RATE_HZ:
+    g = math.gcd(header.rate_hz, SAMPLE_RATE_HZ)
+    if (
+        not MIN_RATE_HZ <= header.rate_hz <= MAX_RATE_HZ
+        or max(header.rate_hz, SAMPLE_RATE_HZ) // g > MAX_RESAMPLE_FACTOR
+    ):
         raise TaskInputError(
-            f"unsupported sample rate {header.rate_hz} Hz; "
-            f"audio files must be {MIN_RATE_HZ} to {MAX_RATE_HZ} Hz"
+            f"unsupported sample rate {header.rate_hz} Hz; audio files must be "
+            f"{MIN_RATE_HZ} to {MAX_RATE_HZ} Hz at a standard rate such as 8000, 16000, "
+            "22050, 44100 or 48000 Hz"
         )
     if header.duration_s > max_duration_s:
         raise TaskInputError(
@@ -90,8 +106,8 @@ def decode_audio(data: bytes, max_duration_s: float = MAX_AUDIO_S) -> FloatArray
         )
     try:
         samples, rate_hz = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise TaskInputError(f"cannot decode audio: {exc}") from exc
+    except Exception as exc:  # any failure to read client bytes is bad input, never a 500
+        raise TaskInputError(f"cannot decode audio: {exc or type(exc).__name__}") from exc
     if samples.shape[0] == 0:
         raise TaskInputError("empty audio: the file holds no samples")
     mono = samples.mean(axis=1, dtype=np.float32)
@@ -99,7 +115,7 @@ def decode_audio(data: bytes, max_duration_s: float = MAX_AUDIO_S) -> FloatArray
 
 
 def check_waveform(waveform: object, max_duration_s: float = MAX_AUDIO_S) -> FloatArray:
-    """Validate a raw waveform: mono float samples at 16 kHz, finite, non-empty, not too long.
+    """Validate a raw waveform: mono 16 kHz floats, finite, within ±4, non-empty, short enough.
 
     Raises:
         TaskInputError: What is wrong with it.
@@ -116,6 +132,12 @@ def check_waveform(waveform: object, max_duration_s: float = MAX_AUDIO_S) -> Flo
         raise TaskInputError("empty audio")
     if not np.isfinite(waveform).all():
         raise TaskInputError("audio contains NaN or infinite samples")
+    peak = float(np.abs(waveform).max())
+    if peak > MAX_SAMPLE_PEAK:  # e.g. int16 values sent as floats: features would overflow
+        raise TaskInputError(
+            f"samples must be floats in [-1, 1]; this audio peaks at {peak:g} "
+            "(divide 16-bit samples by 32768)"
+        )
     duration_s = waveform.size / SAMPLE_RATE_HZ
     if duration_s > max_duration_s:
         raise TaskInputError(f"audio is {duration_s:.1f} s long; the limit is {max_duration_s:g} s")

@@ -52,21 +52,18 @@ UInt8Image = npt.NDArray[np.uint8]
 Labels = list[tuple[str, float]]
 
 
-def decode_image(
+def open_image(
     data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS
-) -> UInt8Image:
-    """Decode an encoded image (JPEG, PNG, …) into a uint8 HWC RGB array.
+) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, …) into an RGB PIL image.
 
     The EXIF orientation is applied and an alpha channel is dropped; the first frame of an
-    animation is used.
+    animation is used. Kept as a PIL image, so resizing follows without a copy to numpy.
 
     Args:
         data: The encoded file's bytes.
         max_bytes: Largest accepted encoded size.
         max_pixels: Largest accepted width × height, checked before the pixels are decoded.
-
-    Returns:
-        An array of shape (H, W, 3) and dtype uint8.
 
     Raises:
         TaskInputError: The bytes are empty, too large or not a decodable image.
@@ -87,7 +84,21 @@ def decode_image(
         raise
     except Exception as exc:  # PIL's decoders raise many types (OSError, SyntaxError, EOFError…)
         raise TaskInputError(f"could not decode image: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+    return rgb
+
+
+def decode_image(
+    data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS
+) -> UInt8Image:
+    """Decode an encoded image into a uint8 HWC RGB array (see :func:`open_image`).
+
+    Returns:
+        An array of shape (H, W, 3) and dtype uint8.
+
+    Raises:
+        TaskInputError: The bytes are empty, too large or not a decodable image.
+    """
+    return np.asarray(open_image(data, max_bytes, max_pixels), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -189,10 +200,11 @@ class ImageTask:
         self.settings = ImagePreprocess.from_json(assets_dir / PREPROCESS_FILE)
         self.labels = load_labels(assets_dir / LABELS_FILE)
 
-    def preprocess_one(self, image: UInt8Image) -> npt.NDArray[np.float32]:
-        """One validated uint8 image → normalised float32 CHW at the graph's size."""
+    def preprocess_one(self, image: UInt8Image | Image.Image) -> npt.NDArray[np.float32]:
+        """One validated uint8 array or decoded image → normalised float32 CHW."""
         s = self.settings
-        pil = _to_pil(image).convert("RGB" if s.color == "rgb" else "L")
+        source = image if isinstance(image, Image.Image) else _to_pil(image)
+        pil = source.convert("RGB" if s.color == "rgb" else "L")
         resample = _RESAMPLE[s.resample]
         if s.resize_shorter_px is None:
             pil = pil.resize((s.size_px, s.size_px), resample)
@@ -217,7 +229,10 @@ class ImageTask:
         """
         if len(images) == 0:
             raise TaskInputError("no images given")
-        checked = [check_image(image, i) for i, image in enumerate(images)]
+        checked = [
+            image if isinstance(image, Image.Image) else check_image(image, i)
+            for i, image in enumerate(images)
+        ]
         return np.stack([self.preprocess_one(image) for image in checked])
 
     def postprocess(self, logits: npt.NDArray[Any], top_k: int = DEFAULT_TOP_K) -> list[Labels]:
@@ -238,12 +253,16 @@ class ImageTask:
         ]
 
     def run(
-        self, images: list[UInt8Image], run_graph: RunGraph, top_k: int = DEFAULT_TOP_K
+        self,
+        images: Sequence[UInt8Image | Image.Image],
+        run_graph: RunGraph,
+        top_k: int = DEFAULT_TOP_K,
     ) -> list[Labels]:
         """Classify a batch of images with one graph call.
 
         Args:
-            images: uint8 arrays of shape (H, W, C) with C in 1, 3, 4 (or (H, W)).
+            images: uint8 arrays of shape (H, W, C) with C in 1, 3, 4 (or (H, W)), or images
+                from :func:`open_image`.
             run_graph: Runs the family's graph on ``{input_name: [B, C, S, S]}``.
             top_k: Labels per image; capped at the number of classes.
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from repo_fixture import build_repository
-from wire import PROTOCOLS, Wire
+
+from tests.support.repo_fixture import build_repository
+from tests.support.wire import PROTOCOLS, Wire
 
 GATEWAY_SETTINGS = {
     # Routing follows the fixture's declared profiles and live in-flight counts only, so

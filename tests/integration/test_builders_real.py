@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from builders.convert.onnx2trt import tensorrt_unavailable_reason
 from builders.optimize.quantize import INT8_OP_TYPES, op_types
 from builders.triton.flavour import write_python_flavour
 from builders.triton.model_config import parse_config
@@ -134,3 +135,39 @@ def test_pruned_speedup_bench_times_every_pruned_variant(quick_repository: Path)
 
 def _dtype(value: np.ndarray) -> str:
     return {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}[value.dtype]
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_gpu_memory_follows_the_precision_the_weights_run_in(
+    quick_repository: Path, family_name: str
+) -> None:
+    manifest = load_manifest(quick_repository / f"{family_name}.manifest.json")
+    fp32, int8 = manifest.variant("fp32"), manifest.variant("int8")
+    for v in (v for v in manifest.variants if v.runtime == "onnx"):
+        assert v.gpu_memory_source == "estimated"
+        assert v.gpu_weights_bytes is not None and v.gpu_activations_bytes is not None
+        assert v.gpu_memory_bytes == v.gpu_weights_bytes + v.gpu_activations_bytes
+        assert v.gpu_activations_bytes > 0
+    assert fp32.gpu_weights_bytes and int8.gpu_weights_bytes
+    # fp16 stores every weight in half the bytes; int8 the quantized ones in a quarter.
+    if family_name not in VARIANTS:  # a family whose quick ladder has fp16
+        fp16 = manifest.variant("fp16")
+        assert fp16.gpu_weights_bytes and fp16.gpu_weights_bytes <= 0.6 * fp32.gpu_weights_bytes
+        if family_name == "translation":
+            assert fp16.gpu_memory_bytes < fp32.gpu_memory_bytes
+    if family_name in ("translation", "speech"):
+        assert int8.gpu_weights_bytes <= 0.35 * fp32.gpu_weights_bytes
+    assert 0 < manifest.runtime_memory_bytes
+
+
+@pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT is usable here")
+def test_without_tensorrt_each_build_says_once_why_there_are_no_engines(
+    quick_repository: Path,
+) -> None:
+    reason = tensorrt_unavailable_reason()
+    for family in FAMILIES:
+        manifest = load_manifest(quick_repository / f"{family}.manifest.json")
+        assert {v.runtime for v in manifest.variants} == {"onnx"}
+        report = (quick_repository / f"{family}.report.md").read_text()
+        lines = [line for line in report.splitlines() if "tensorrt" in line.lower()]
+        assert lines == [f"- tensorrt engines: {reason}"]

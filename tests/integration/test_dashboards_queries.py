@@ -2,7 +2,8 @@
 
 Grafana is not run: each panel target's PromQL goes to Prometheus with the dashboard
 variables as Grafana expands them when "All" families are selected. Uses the stack of
-test_prometheus_rules.py (one Prometheus, gateway and Triton for both modules).
+tests/support/monitoring.py (one Prometheus, gateway and Triton shared with
+test_prometheus_rules.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 pytest.importorskip("gateway.service", reason="the gateway package is not importable yet")
 
-from test_prometheus_rules import MonitoredStack, finite, monitored_stack  # noqa: E402
+from tests.support.monitoring import MonitoredStack, finite, monitored_stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "helm" / "variant-gateway" / "files" / "grafana"

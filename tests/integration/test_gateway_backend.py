@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
-from repo_fixture import image_graph
 
 from gateway.backends.base import ModelRef
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.errors import BackendTimeoutError, VariantUnavailableError
+from tests.support.repo_fixture import image_graph
 
 
 def _ref(tmp_path, graph: bytes, name: str = "t__fp32", max_batch_size: int = 8) -> ModelRef:

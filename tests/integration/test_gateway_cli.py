@@ -12,9 +12,9 @@ import time
 
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from wire import Wire, image_input
 
 from gateway.cli import main
+from tests.support.wire import Wire, image_input
 
 
 def _start(repo, *extra: str) -> tuple[subprocess.Popen[str], dict]:

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
-from wire import code_of, expected, image_input, objects, wav
+
+from tests.support.wire import code_of, expected, image_input, objects, wav
 
 
 @dataclass

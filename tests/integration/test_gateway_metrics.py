@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from tritonclient.utils import InferenceServerException
-from wire import image_input, metric
+
+from tests.support.wire import image_input, metric
 
 
 def delta(before, after, name, **labels):

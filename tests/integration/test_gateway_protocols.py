@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from wire import image_input, objects, tone, wav
+
+from tests.support.wire import image_input, objects, tone, wav
 
 
 def test_health_on_both_protocols(grpc_client, http_client):

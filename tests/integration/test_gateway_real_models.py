@@ -18,7 +18,6 @@ import pytest
 import sacrebleu
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from wire import PROTOCOLS, Wire, objects, wav
 
 from builders.zoo.digits import data as digits_data
 from builders.zoo.registry import get_family
@@ -28,6 +27,7 @@ from builders.zoo.translation.corpus import read_split
 from builders.zoo.vision import data as vision_data
 from gateway.manifest import load_manifest
 from gateway.tasks.onnx_runner import GraphSessions
+from tests.support.wire import PROTOCOLS, Wire, objects, wav
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
-from wire import Wire, image_input, metric
 
 from gateway.manifest import load_manifest, manifest_path, write_manifest
+from tests.support.wire import Wire, image_input, metric
 
 
 @pytest.fixture

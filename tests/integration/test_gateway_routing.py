@@ -10,7 +10,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from wire import Wire, code_of, expected, image_input, metric
+
+from tests.support.wire import Wire, code_of, expected, image_input, metric
 
 # (parameters, headers) → (variant, reason), against the fixture's declared digits profiles:
 # fp32 q98 64 MiB p50 20 ms | fp16 q97.5 32 MiB 10 ms | int8 q96 16 MiB 5 ms | pruned q90 8 MiB 2 ms
@@ -180,7 +181,10 @@ def test_shedding_is_fast(gw):
 
 
 def test_deployment_default_budget_applies_when_none_is_stated(gateway_factory, repo):
-    gw = gateway_factory(repo, default_latency_budget_ms=8, default_min_accuracy=95)
+    # The declared profiles alone decide here (a default budget applies, or it does not).
+    gw = gateway_factory(
+        repo, default_latency_budget_ms=8, default_min_accuracy=95, observed_weight=0.0
+    )
     wire = Wire("grpc", grpcclient.InferenceServerClient(gw.grpc_url))
     assert wire.infer("digits", image_input(0)).variant == "int8"
     stated = wire.infer("digits", image_input(0), parameters={"latency_budget_ms": 1000})

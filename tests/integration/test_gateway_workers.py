@@ -22,7 +22,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
-from wire import image_input
+
+from tests.support.wire import image_input
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 """Channel arguments that give a client a connection of its own (no shared subchannel)."""

@@ -21,12 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
-from test_triton_gateway import subset
 from tritonclient.utils import InferenceServerException
-from wire import metric, objects
 
 from builders.triton.server import TritonServer
-from tests.conftest import python_flavour
+from tests.support.triton import python_flavour, subset
+from tests.support.wire import metric, objects
 
 DEADLINE_S = 5.0
 """Each request's deadline (the client's gRPC deadline; the gateway's limit too)."""

@@ -24,9 +24,19 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from wire import PROTOCOLS, Wire, code_of, expected, image_input, metric, objects, tone, wav
 
-from tests.conftest import python_flavour
+from tests.support.triton import python_flavour, subset
+from tests.support.wire import (
+    PROTOCOLS,
+    Wire,
+    code_of,
+    expected,
+    image_input,
+    metric,
+    objects,
+    tone,
+    wav,
+)
 
 FAMILIES = ("digits", "speech", "translation", "slow", "flaky")
 SETTINGS: dict[str, Any] = {
@@ -49,16 +59,6 @@ CASES: dict[str, tuple[str, list[tuple[str, str, np.ndarray]]]] = {
     ),
     "translation-pinned": ("translation__int8", [("text", "BYTES", objects(b"good morning"))]),
 }
-
-
-def subset(repo: Path, out: Path, families: tuple[str, ...]) -> Path:
-    """A repository of only ``families`` (links into ``repo``)."""
-    out.mkdir()
-    for family in families:
-        (out / f"{family}.manifest.json").symlink_to(repo / f"{family}.manifest.json")
-        for variant_dir in repo.glob(f"{family}__*"):
-            (out / variant_dir.name).symlink_to(variant_dir)
-    return out
 
 
 def triton_metric(server: Any, name: str, model: str) -> float:

@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 import tritonclient.grpc as grpcclient
-from test_triton_gateway import subset
 from tritonclient.utils import InferenceServerException
-from wire import metric, objects, png
 
 from gateway.manifest import load_manifest
-from tests.conftest import python_flavour
+from tests.support.triton import python_flavour, subset
+from tests.support.wire import metric, objects, png
 
 MIB = 1 << 20
 BUDGET_MB = 70

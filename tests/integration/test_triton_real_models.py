@@ -17,12 +17,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
-from wire import PROTOCOLS, Wire, objects, png, wav
 
 from builders.zoo.speech import data as speech_data
 from builders.zoo.translation.corpus import read_split
 from gateway.manifest import find_manifests, load_manifest
-from tests.conftest import python_flavour
+from tests.support.triton import python_flavour
+from tests.support.wire import PROTOCOLS, Wire, objects, png, wav
 
 pytestmark = pytest.mark.slow
 

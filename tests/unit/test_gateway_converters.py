@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import serialize_byte_tensor
 
-from gateway.dataplane import ModelMetadata
+from gateway.catalog import ModelMetadata
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from gateway.grpc import convert as grpc_convert
 from gateway.http import convert as http_convert

@@ -12,8 +12,11 @@ from gateway.errors import (
     BudgetUnsatisfiableError,
     CapacityExhaustedError,
     InvalidRequestError,
+    LimitExceededError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
+    UnauthenticatedError,
     VariantUnavailableError,
     status_of,
 )
@@ -21,6 +24,9 @@ from gateway.errors import (
 ROWS = [
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND, 404),
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (LimitExceededError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED, 401),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, 403),
     (PayloadTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (BudgetUnsatisfiableError, grpc.StatusCode.FAILED_PRECONDITION, 400),
     (CapacityExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
@@ -41,3 +47,10 @@ def test_table_lists_every_row():
 
 def test_unknown_exceptions_are_internal_and_say_nothing():
     assert status_of(KeyError("secret detail")) == (grpc.StatusCode.INTERNAL, 500, INTERNAL_MESSAGE)
+
+
+def test_a_401_asks_for_a_bearer_key():
+    assert UnauthenticatedError("x").http_headers == {
+        "www-authenticate": 'Bearer realm="variant-gateway"'
+    }
+    assert dict(InvalidRequestError("x").http_headers) == {}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gateway.manifest import LatencyPoint, SizePoint
-from gateway.routing.live import LiveLoad
+from gateway.routing.live import LiveLoad, WorkRate
+from gateway.routing.loop_lag import LoopLag
 from gateway.routing.service_time import ServiceModel, fit_profile
 
 
@@ -57,6 +60,20 @@ def test_size_scales_the_per_row_cost():
     assert fit.p50_s(1, 8.0) == pytest.approx(0.017)
     assert fit.p50_s(1, 1.0) == pytest.approx(0.003)
     assert fit.p50_s(1) == pytest.approx(0.009)  # size unknown: a profiled-size item
+    assert fit.p50_s(2, 8.0) == pytest.approx(0.018)  # two items of 4 s
+
+
+def test_a_curved_size_profile_is_followed_between_and_beyond_its_points():
+    # Decoding time grows faster than the source: 1, 4, 16 ms at 5, 10, 20 tokens.
+    sizes = [
+        SizePoint(size=t, runs=5, p50_s=ms / 1000, p95_s=ms / 500)
+        for t, ms in ((5, 1.0), (10, 4.0), (20, 16.0))
+    ]
+    fit = fit_profile([point(1, 0.004)], sizes, mean_size=10.0)
+    assert fit is not None
+    assert fit.p50_s(1, 15.0) == pytest.approx(0.010)  # halfway between 4 and 16 ms
+    assert fit.p50_s(1, 30.0) == pytest.approx(0.028)  # the last segment, extended
+    assert fit.p50_s(1, 2.0) > 0  # never zero or negative below the first point
 
 
 def test_observations_correct_the_profile_by_weight_and_samples():
@@ -68,6 +85,23 @@ def test_observations_correct_the_profile_by_weight_and_samples():
     for _ in range(3):
         model.observe(1, None, 0.030)
     assert model.p50_s(1) == pytest.approx(0.020)  # half of the way to 3x
+
+
+def test_the_tail_is_learned_and_idle_figures_take_the_lower_of_profile_and_runs():
+    fit = fit_profile([point(1, 0.010)])  # profiled tail 1.5x
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=5)
+    assert model.p95_s(1) == pytest.approx(0.015)
+    for i in range(400):
+        model.observe(1, None, 0.004 if i % 10 else 0.008)  # 2.5x faster, one run in ten 2x
+    assert model.p50_s(1) == pytest.approx(0.0044, rel=0.15)
+    assert 0.005 < model.p95_s(1) < 0.0085  # the measured tail, not the profile's 15 ms
+    # Faster than profiled: can-ever-fit uses what runs show; slower would not refuse more.
+    assert model.predict(1).idle_p50_s == pytest.approx(model.p50_s(1))
+    slow = ServiceModel(fit, observed_weight=1.0, min_samples=1)
+    slow.observe(1, None, 0.050)
+    assert slow.predict(1).idle_p50_s == pytest.approx(0.010)
+    assert slow.predict(1).idle_p95_s == pytest.approx(0.015)
+    assert slow.p95_s(1) == pytest.approx(0.050)
 
 
 def test_outliers_are_bounded_and_zero_weight_ignores_observations():
@@ -96,3 +130,49 @@ def test_live_load_counts_per_variant_and_in_all():
     assert (live.in_flight("a"), live.in_flight("b"), live.total) == (1, 1, 2)
     live.end("x")  # never negative
     assert live.in_flight("x") == 0
+
+
+def test_loop_lag_follows_a_backlog_not_a_single_slow_step():
+    lag = LoopLag(clock=lambda: 0.0, window=5)
+    for late in (0.0, 0.0, 0.050, 0.0, 0.0):
+        lag.record(late)
+    assert lag.lag_s == 0.0  # one slow step
+    for _ in range(3):
+        lag.record(0.020)
+    assert lag.lag_s == pytest.approx(0.020)  # every wake-up late: a backlog
+    lag.record(-0.001)  # early wake-ups count as on time
+    assert lag.lag_s >= 0.0
+
+
+def test_work_rate_adds_admitted_work_and_decays():
+    now = [0.0]
+    rate = WorkRate(clock=lambda: now[0], time_constant_s=1.0)
+    for _ in range(10):
+        rate.add(0.1)  # one second of work admitted at once
+    assert rate.per_s() == pytest.approx(1.0)
+    now[0] = 1.0
+    assert rate.per_s() == pytest.approx(math.exp(-1.0))
+
+
+def test_the_tail_follows_the_end_of_a_slowdown():
+    fit = fit_profile([point(1, 0.010)])
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=5)
+    for _ in range(100):
+        model.observe(1, None, 0.050)  # five times slower during a burst
+    assert model.p95_s(1) == pytest.approx(0.050, rel=0.05)
+    for _ in range(64):
+        model.observe(1, None, 0.010)  # back to the profile
+    assert model.p95_s(1) < 0.015  # within one window of runs, not minutes
+
+
+def test_measurements_fade_when_no_run_refreshes_them():
+    now = [0.0]
+    fit = fit_profile([point(1, 0.010)])
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=1, stale_s=3.0, clock=lambda: now[0])
+    for _ in range(10):
+        model.observe(1, None, 0.050)  # a slow spell
+    assert model.p50_s(1) == pytest.approx(0.050)
+    now[0] = 3.0  # three seconds without a run: a third of the weight left
+    assert model.p50_s(1) == pytest.approx(0.010 + 0.040 * math.exp(-1.0))
+    now[0] = 30.0
+    assert model.p50_s(1) == pytest.approx(0.010, rel=1e-3)  # the profile again

@@ -46,6 +46,7 @@ def idle(name: str, wait_ms: float = 0.0, slower: float = 1.0, in_flight: int = 
         idle_p50_s=p50,
         idle_p95_s=1.5 * p50,
         service_p95_s=1.5 * p50 * slower,
+        service_p50_s=p50 * slower,
         wait_s=wait_ms / 1000,
         in_flight=in_flight,
     )
@@ -183,3 +184,17 @@ def test_variant_without_a_profile_always_fits():
         max_in_flight_per_variant=4,
     )
     assert names(choice) == ["fp32"]
+
+
+def test_busy_compute_ranks_the_cheapest_fitting_variant_first():
+    budget = Budget(latency_budget_s=0.040)
+    calm = choose(budget, utilization=0.5, target_utilization=0.85)
+    assert calm.ranked[0].variant.name == "fp32"
+    busy = choose(budget, utilization=0.9, target_utilization=0.85)
+    assert names(busy) == ["int8", "fp16", "fp32"]
+    assert busy.reason == "load"
+    assert "the compute is 90 % busy (target 85 %): int8" in busy.detail
+    # A budget only fp32 meets (min_accuracy) still gets fp32; a pin is a pin.
+    assert choose(Budget(min_accuracy=98.0), utilization=2.0).ranked[0].variant.name == "fp32"
+    pinned = choose(budget, variants=[FP32], pinned=True, utilization=2.0)
+    assert pinned.reason == "pinned"

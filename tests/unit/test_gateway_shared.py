@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.routing.live import LiveLoad
-from gateway.routing.service_time import ServiceModel
+from gateway.routing.service_time import Measured, ServiceModel
 from gateway.routing.shared import IN_FLIGHT, MAX_VARIANTS, SharedLearning, SharedTable
 
 
@@ -37,11 +37,12 @@ def test_two_processes_share_in_flight_and_learning(tmp_path: Path) -> None:
     assert live.in_flight("vision__fp32") == 1
     assert live.total == 5
     learned = SharedLearning(mine, mine.column("vision__int8@x"))
-    assert learned.read() == (pytest.approx(0.030), 1)  # this worker measured nothing
-    assert learned.own() == (0.0, 0)
+    assert learned.read().ratio == pytest.approx(0.030)  # measured in the other worker
+    assert learned.read().samples == 1
+    assert learned.own() == Measured()  # this worker measured nothing
     mine.clear_worker(1)
     assert live.in_flight("vision__int8") == 1
-    assert learned.read()[1] == 1  # what was learned survives the worker
+    assert learned.read().samples == 1  # what was learned survives the worker
 
 
 def test_learning_is_weighted_by_each_workers_samples(tmp_path: Path) -> None:
@@ -49,10 +50,10 @@ def test_learning_is_weighted_by_each_workers_samples(tmp_path: Path) -> None:
     SharedTable.create(path, 2)
     rows = [SharedTable(2, w, path) for w in (0, 1)]
     learners = [SharedLearning(rows[w], rows[w].column("v@1")) for w in (0, 1)]
-    learners[0].write(2.0, 3)
-    learners[1].write(4.0, 1)
-    assert learners[0].read() == (pytest.approx(2.5), 4)
-    assert learners[1].own() == (4.0, 1)
+    learners[0].write(Measured(2.0, 3.0, 3))
+    learners[1].write(Measured(4.0, 8.0, 1))
+    assert learners[0].read() == Measured(pytest.approx(2.5), pytest.approx(4.25), 4)
+    assert learners[1].own() == Measured(4.0, 8.0, 1)
 
 
 def test_names_map_to_the_same_columns_everywhere_and_the_table_has_an_end(tmp_path: Path) -> None:

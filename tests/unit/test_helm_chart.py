@@ -61,6 +61,31 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "triton": {"gpus": 0, "tolerations": [], "loadModels": ["digits__fp32", "digits__int8"]},
         "gateway": {"config": {"default_latency_budget_ms": 50, "max_payload_bytes": 134217728}},
     },
+    "keys-and-mutual-tls": {
+        "gateway": {
+            "auth": {
+                "enabled": True,
+                "protectMetrics": True,
+                "keys": [{"id": "ci", "sha256": "ab" * 32, "scopes": ["inference", "metrics"]}],
+            },
+            "tls": {"enabled": True, "secretName": "gateway-tls", "clientCA": {"enabled": True}},
+            "tritonTLS": {"enabled": True, "mutual": True, "secretName": "gateway-to-triton"},
+            "config": {"backend": "triton"},
+        },
+        "triton": {"tls": {"enabled": True, "secretName": "triton-tls", "mutual": True}},
+        "monitoring": {
+            "serviceMonitor": {
+                "tlsConfig": {"ca": {"secret": {"name": "gateway-tls", "key": "ca.crt"}}},
+                "authorization": {"secretName": "prometheus-key", "secretKey": "key"},
+            }
+        },
+    },
+    "existing-key-secret-and-tls": {
+        "gateway": {
+            "auth": {"enabled": True, "existingSecret": "gateway-keys"},
+            "tls": {"enabled": True, "secretName": "gateway-tls"},
+        },
+    },
     "existing-claim-minimal": {
         "modelRepository": {"pvc": {"existingClaim": "shared-models"}},
         "gateway": {
@@ -118,6 +143,22 @@ SERVICE_MONITOR_SCHEMA = {
                             "path": _STR,
                             "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
                             "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "tlsConfig": {"type": "object"},
+                            "authorization": {
+                                "type": "object",
+                                "required": ["credentials"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "type": {"const": "Bearer"},
+                                    "credentials": {
+                                        "type": "object",
+                                        "required": ["name", "key"],
+                                        "additionalProperties": False,
+                                        "properties": {"name": _STR, "key": _STR},
+                                    },
+                                },
+                            },
                         },
                     },
                 },

@@ -108,3 +108,21 @@ def test_distillation_moves_the_student_towards_the_teacher(tiny):
     recovered = pruning.distil(student, tiny, windows, steps=12)
     assert gap(recovered) < before
     assert not recovered.training
+
+
+def test_shape_ranges_read_the_model_sizes_from_its_graphs(tiny_graphs):
+    from builders.gpu_memory import estimate_variant_gpu_memory
+    from builders.measure import largest_shapes
+    from builders.zoo.speech.family import SpeechFamily
+
+    family = SpeechFamily()
+    ranges = family.graph_shape_ranges(tiny_graphs, max_batch_size=8)
+    cache = {"self_keys", "self_values", "cross_keys", "cross_values"}
+    assert set(ranges) == {"mel", "tokens", *cache}
+    batch, new, past = (family.axis_ranges()[a] for a in ("batch", "new", "past"))
+    # 2 layers, 2 heads of width 8 in the tiny model; 1500 audio positions.
+    assert ranges["cross_keys"].max == (batch[2], 2, 2, 1500, 8)
+    assert ranges["self_keys"].max == (batch[2], 2, 2, past[2], 8)
+    assert ranges["tokens"].max == (batch[2], new[2]) and ranges["mel"].min == (1, 80, 3000)
+    estimate = estimate_variant_gpu_memory(tiny_graphs.values(), largest_shapes(ranges))
+    assert estimate.unknown_tensors == 0 and estimate.activations_bytes > 0

@@ -83,6 +83,7 @@ def test_waveform_size_is_its_sample_count():
         (np.zeros(16000, np.int16), "float32 samples"),
         (np.zeros((2, 16000), np.float32), "mono audio"),
         (np.zeros(16000 * 601, np.float32), "limit is 600 s"),
+        (np.full(16000, 1000.0, np.float32), "peaks at 1000"),  # int16 values sent as floats
     ],
 )
 def test_bad_audio_is_refused_with_a_clear_message(item, message):
@@ -95,6 +96,9 @@ def test_files_at_an_absurd_rate_are_refused():
     task = WhisperTask(ASSETS_DIR)
     with pytest.raises(TaskInputError, match="unsupported sample rate 1000 Hz"):
         task.waveform(encode(np.zeros(1000, np.float32), 1000, "WAV", "PCM_16"))
+    # In range, but converting it to 16 kHz would take a filter of millions of taps.
+    with pytest.raises(TaskInputError, match="unsupported sample rate 100003 Hz"):
+        task.waveform(encode(np.zeros(400, np.float32), 100003, "WAV", "PCM_16"))
 
 
 def test_too_long_files_are_refused_from_their_header():

@@ -13,16 +13,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from builders.zoo.api import MetricSpec
+from builders.zoo.base import FamilyBase, as_module, torch_threads
 from builders.zoo.digits import data, recipe
 from builders.zoo.digits.model import INPUT_PX, DigitsCNN, DigitsConfig
 from builders.zoo.digits.prune import prune_digits
-from builders.zoo.vision.common import (
-    as_module,
-    export_image_classifier,
-    single_image_batches,
-    torch_runner,
-)
-from gateway.tasks.base import RunGraph, Task
+from builders.zoo.vision.common import export_image_classifier, single_image_batches, torch_runner
+from gateway.tasks.base import RunGraph
 from gateway.tasks.vision import ImageTask
 
 RECOVERY_LR = 1e-3
@@ -33,7 +29,7 @@ RECOVER_STEPS_PER_S = 100.0
 """Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 
 
-class DigitsFamily:
+class DigitsFamily(FamilyBase):
     """Zoo family over the committed digits checkpoint and splits."""
 
     name = "digits"
@@ -41,14 +37,8 @@ class DigitsFamily:
     metric = MetricSpec("top1", higher_is_better=True)
     assets_dir = recipe.ASSETS_DIR
     recover_budget_s = 60.0
-
-    def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
-        """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""
-        self.checkpoint_dir = checkpoint_dir
-
-    def make_task(self, assets_dir: Path) -> Task:
-        """The serving-time task over ``assets_dir`` (labels and preprocessing settings)."""
-        return ImageTask(assets_dir)
+    task_type = ImageTask
+    default_checkpoint_dir = recipe.CHECKPOINT_DIR
 
     def sample_items(self, count: int) -> list[Any]:
         """Held-out digits as uint8 images, the form clients send, for profiling."""
@@ -98,17 +88,13 @@ class DigitsFamily:
         images, labels = data.load_split("train")
         inputs = recipe.graph_inputs(images)
         targets = torch.from_numpy(labels.astype(np.int64))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cfg.threads)
-        try:
+        with torch_threads(cfg.threads):
             steps = min(
                 recipe.steps_for(RECOVERY_EPOCHS, len(targets), cfg.batch_size),
                 round(budget_s * RECOVER_STEPS_PER_S),
             )
             if steps > 0:
                 recipe.fit(model, inputs, targets, steps, RECOVERY_LR, cfg, lambda _: None)
-        finally:
-            torch.set_num_threads(threads)
         return model
 
 

@@ -7,6 +7,7 @@ and flite sets (``wer_espeak``, ``wer_flite``), each with its CER.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from builders.spec import ProfileSettings
-from builders.zoo.api import MetricSpec
+from builders.zoo.api import MetricSpec, ShapeRange
+from builders.zoo.base import FamilyBase, as_module
 from builders.zoo.speech import data, pruning
 from builders.zoo.speech.assets import ASSETS_DIR
 from builders.zoo.speech.evaluation import score_set
@@ -27,7 +29,7 @@ from builders.zoo.speech.model import Whisper, WhisperDims
 from builders.zoo.speech.quantize import quantize_graph
 from builders.zoo.speech.sources import WhisperSourceError, load_ct2, load_hf, packaged_model_dir
 from gateway.manifest import GraphSpec, TensorSpec
-from gateway.tasks.base import RunGraphs, Task
+from gateway.tasks.base import RunGraphs
 from gateway.tasks.log_mel import WINDOW_FRAMES
 from gateway.tasks.speech import DECODER, ENCODER, WhisperTask
 
@@ -35,10 +37,16 @@ RECOVER_STEPS_PER_S = 0.25
 """Distillation steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 CALIBRATION_WINDOWS = 8
 """Windows of distillation speech that rank, refit and distil the pruned MLPs."""
+EXAMPLE_AXES = {"batch": 1, "past": 2, "new": 1}
+"""The graphs' dynamic axes in the example feeds: two cached positions, one new token."""
 
 
-class SpeechFamily:
-    """Whisper tiny.en with the real-recording, espeak-ng and flite evaluation sets."""
+class SpeechFamily(FamilyBase):
+    """Whisper tiny.en with the real-recording, espeak-ng and flite evaluation sets.
+
+    Whisper is pretrained, so there is no committed checkpoint: the family takes its serving
+    task from :class:`FamilyBase` and loads a CTranslate2 or Hugging Face directory instead.
+    """
 
     name = "speech"
     task = "audio-text"
@@ -63,15 +71,13 @@ class SpeechFamily:
         time_per_point_s=4.0,
     )
     """Requests take 0.2 to 3 s (a 30 s encoder window each): short profiles, batches of 4."""
+    task_type = WhisperTask
 
     def __init__(self, model_dir: Path | None = None, hf_dir: Path | None = None) -> None:
         """Whisper from a CTranslate2 directory (default: the packaged tiny.en) or an HF one."""
+        # No FamilyBase.__init__: its checkpoint directory is a committed one, Whisper has none.
         self.model_dir = model_dir
         self.hf_dir = hf_dir
-
-    def make_task(self, assets_dir: Path) -> Task:
-        """The serving-time task over ``assets_dir`` (vocabulary and decoding settings)."""
-        return WhisperTask(assets_dir)
 
     def sample_items(self, count: int) -> list[Any]:
         """Waveforms from 1 s to 44 s: the real recordings, synthetic ones and the long one."""
@@ -114,7 +120,7 @@ class SpeechFamily:
 
     def export_graphs(self, module: nn.Module, directory: Path) -> dict[str, Path]:
         """Export the encoder and decoder graphs into ``directory``."""
-        return export_graphs(_as_whisper(module), directory)
+        return export_graphs(as_module(module, Whisper), directory)
 
     def graph_specs(self) -> list[GraphSpec]:
         """The graphs' tensors, as the manifest documents them (batch axis excluded)."""
@@ -182,7 +188,7 @@ class SpeechFamily:
 
     def torch_runner(self, module: nn.Module) -> RunGraphs:
         """Both graphs run in torch, with the ONNX graphs' names and tensors."""
-        return torch_runner(_as_whisper(module))
+        return torch_runner(as_module(module, Whisper))
 
     def calibration_inputs(self, count: int) -> Iterator[Mapping[str, npt.NDArray[Any]]]:
         """Encoder windows of distillation speech (never the evaluation sets)."""
@@ -195,26 +201,62 @@ class SpeechFamily:
 
         Shapes come from the graphs themselves, so a source of other sizes works too.
         """
-        dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64}
-        sizes = {"batch": 1, "past": 2, "new": 1}
-        feeds: dict[str, dict[str, npt.NDArray[Any]]] = {}
-        for name, path in graphs.items():
-            graph = onnx.load(str(path), load_external_data=False).graph
-            feeds[name] = {
-                i.name: np.zeros(
-                    [
-                        d.dim_value or sizes.get(d.dim_param, 1)
-                        for d in i.type.tensor_type.shape.dim
-                    ],
-                    dtypes[i.type.tensor_type.elem_type],
-                )
-                for i in graph.input
+        dtypes: dict[int, npt.DTypeLike] = {
+            onnx.TensorProto.FLOAT: np.float32,
+            onnx.TensorProto.INT64: np.int64,
+        }
+        return {
+            name: {
+                v.name: np.zeros(_shape(v, EXAMPLE_AXES), dtypes[v.type.tensor_type.elem_type])
+                for v in values
             }
-        return feeds
+            for name, values in _graph_inputs(graphs).items()
+        }
+
+    def axis_ranges(self) -> dict[str, tuple[int, int, int]]:
+        """Smallest, typical and largest size of each dynamic axis of the graphs, as run.
+
+        ``batch``: the task encodes and decodes a request's windows ``window_batch`` at a
+        time, whatever the request's item count. ``new``: the prompt at the first decoder
+        step, one token after. ``past``: the cached positions, up to the prompt and every
+        generated token but the last (the first step's empty cache is below a range's 1).
+        """
+        s = WhisperTask(self.assets_dir).settings
+        prompt = len(s.prompt)
+        steps = min(s.max_new_tokens, s.n_text_ctx - prompt)
+        return {
+            "batch": (1, 1, s.window_batch),
+            "new": (1, 1, prompt),
+            "past": (1, prompt, prompt + steps - 2),
+        }
+
+    def graph_shape_ranges(
+        self, graphs: Mapping[str, Path], max_batch_size: int
+    ) -> dict[str, ShapeRange]:
+        """Every input of the variant's ``graphs``: the sizes they fix, the axes as run.
+
+        What the export fixes (mel bins and frames, layers, heads, head width, audio
+        positions) is read from the graphs, so a source of another size gets its own; the
+        dynamic axes take :meth:`axis_ranges` (a batch is bounded by the task's window
+        batch, not by ``max_batch_size``).
+        """
+        axes = self.axis_ranges()
+        low, typical, high = ({axis: r[i] for axis, r in axes.items()} for i in range(3))
+        return {
+            v.name: ShapeRange(_shape(v, low), _shape(v, typical), _shape(v, high))
+            for values in _graph_inputs(graphs).values()
+            for v in values
+        }
+
+    def shape_ranges(self, max_batch_size: int) -> dict[str, ShapeRange]:
+        """:meth:`graph_shape_ranges` of the model :meth:`load` gives (exported to read it)."""
+        with tempfile.TemporaryDirectory(prefix="speech-shapes-") as tmp:
+            graphs = self.export_graphs(self.load(), Path(tmp))
+            return self.graph_shape_ranges(graphs, max_batch_size)
 
     def prune(self, module: nn.Module, ratio: float) -> nn.Module:
         """Remove ``ratio`` of every MLP's hidden units, refit on distillation speech."""
-        return pruning.prune(_as_whisper(module), ratio, self.calibration_windows())
+        return pruning.prune(as_module(module, Whisper), ratio, self.calibration_windows())
 
     def calibration_windows(self) -> list[torch.Tensor]:
         """Mel windows of the distillation speech, as torch tensors [1, 80, 3000]."""
@@ -227,14 +269,28 @@ class SpeechFamily:
         """
         steps = round(budget_s * RECOVER_STEPS_PER_S)
         return pruning.distil(
-            _as_whisper(module), _as_whisper(teacher), self.calibration_windows(), steps
+            as_module(module, Whisper),
+            as_module(teacher, Whisper),
+            self.calibration_windows(),
+            steps,
         )
 
 
-def _as_whisper(module: nn.Module) -> Whisper:
-    if not isinstance(module, Whisper):
-        raise TypeError(f"expected a Whisper module, got {type(module).__name__}")
-    return module
-
-
 FAMILY = SpeechFamily()
+
+
+def _graph_inputs(graphs: Mapping[str, Path]) -> dict[str, list[onnx.ValueInfoProto]]:
+    """Each graph's inputs, read without the weights."""
+    return {
+        name: list(onnx.load(str(path), load_external_data=False).graph.input)
+        for name, path in graphs.items()
+    }
+
+
+def _shape(value: onnx.ValueInfoProto, axes: Mapping[str, int]) -> tuple[int, ...]:
+    """``value``'s shape with each named dynamic axis at its size in ``axes``."""
+    dims = value.type.tensor_type.shape.dim
+    unknown = [d.dim_param for d in dims if not d.dim_value and d.dim_param not in axes]
+    if unknown:
+        raise ValueError(f"{value.name}: dynamic axes {unknown} are not Whisper's {sorted(axes)}")
+    return tuple(d.dim_value or axes[d.dim_param] for d in dims)

@@ -11,11 +11,12 @@ import numpy.typing as npt
 from safetensors.torch import load_file
 from torch import nn
 
-from builders.zoo.api import MetricSpec, ZooFamily
+from builders.zoo.api import MetricSpec, ShapeRange, ZooFamily
+from builders.zoo.base import FamilyBase, as_module
 from builders.zoo.translation import evaluation, prune, recipe, tokenizer
 from builders.zoo.translation.corpus import read_split
 from builders.zoo.translation.model import Translator, TranslatorConfig
-from gateway.tasks.base import RunGraph, Task, pad_stack
+from gateway.tasks.base import RunGraph, pad_stack
 from gateway.tasks.translation import TranslationTask
 
 CALIBRATION_BATCH = 8
@@ -31,13 +32,7 @@ def load_checkpoint(checkpoint_dir: Path) -> Translator:
     return model.eval()
 
 
-def _translator(module: nn.Module) -> Translator:
-    if not isinstance(module, Translator):
-        raise TypeError(f"expected a Translator, got {type(module).__name__}")
-    return module
-
-
-class TranslationFamily:
+class TranslationFamily(FamilyBase):
     """English→German encoder–decoder trained on gettext catalogs, scored by BLEU."""
 
     name = "translation"
@@ -46,14 +41,8 @@ class TranslationFamily:
     assets_dir = tokenizer.ASSETS_DIR
     recover_budget_s = 120.0
     """pruned-50 (half the heads and FFN units) after 120 s loses 1.9 points of BLEU."""
-
-    def __init__(self, checkpoint_dir: Path = recipe.CHECKPOINT_DIR) -> None:
-        """Use the checkpoint in ``checkpoint_dir`` (the committed one by default)."""
-        self.checkpoint_dir = checkpoint_dir
-
-    def make_task(self, assets_dir: Path) -> Task:
-        """The serving-time task over ``assets_dir`` (sentencepiece model + limits)."""
-        return TranslationTask(assets_dir)
+    task_type = TranslationTask
+    default_checkpoint_dir = recipe.CHECKPOINT_DIR
 
     def sample_items(self, count: int) -> list[Any]:
         """The first ``count`` English texts of the held-out set."""
@@ -76,7 +65,7 @@ class TranslationFamily:
 
     def export_onnx(self, module: nn.Module, path: Path) -> None:
         """Export a full or pruned translator to one ONNX graph (opset 17, weights inside)."""
-        evaluation.export_onnx(_translator(module), path)
+        evaluation.export_onnx(as_module(module, Translator), path)
 
     def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
         """BLEU and chrF of greedy translations of the first ``limit`` held-out pairs."""
@@ -84,7 +73,7 @@ class TranslationFamily:
 
     def torch_runner(self, module: nn.Module) -> RunGraph:
         """Run a translator with the ONNX graph's tensors (``src_ids``, ``tgt_ids``)."""
-        return evaluation.torch_runner(_translator(module))
+        return evaluation.torch_runner(as_module(module, Translator))
 
     def calibration_inputs(self, count: int) -> Iterator[Mapping[str, npt.NDArray[Any]]]:
         """``count`` graph inputs of up to 8 calibration pairs each.
@@ -107,9 +96,18 @@ class TranslationFamily:
                 tgt.append(np.array([bos, *ids[: rng.integers(0, len(ids) + 1)]], np.int64))
             yield {"src_ids": pad_stack(src, pad), "tgt_ids": pad_stack(tgt, pad)}
 
+    def shape_ranges(self, max_batch_size: int) -> dict[str, ShapeRange]:
+        """``src_ids`` and ``tgt_ids`` [B, L] up to the model's positions."""
+        longest = tokenizer.load_settings(self.assets_dir)["max_positions"]
+        first = next(iter(self.calibration_inputs(1)))
+        return {
+            name: ShapeRange((1, 1), (1, first[name].shape[1]), (max_batch_size, longest))
+            for name in ("src_ids", "tgt_ids")
+        }
+
     def prune(self, module: nn.Module, ratio: float) -> nn.Module:
         """Remove ``ratio`` of the heads and FFN units of every block (lowest importance)."""
-        return prune.prune(_translator(module), ratio)
+        return prune.prune(as_module(module, Translator), ratio)
 
     def recover(self, module: nn.Module, teacher: nn.Module, budget_s: float) -> nn.Module:
         """Fine-tune the pruned ``module`` on the train split.
@@ -117,7 +115,7 @@ class TranslationFamily:
         ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
         """
         steps = round(budget_s * RECOVER_STEPS_PER_S)
-        return prune.recover(_translator(module), _translator(teacher), steps)
+        return prune.recover(as_module(module, Translator), as_module(teacher, Translator), steps)
 
 
 FAMILY: ZooFamily = TranslationFamily()

@@ -95,12 +95,5 @@ def single_image_batches(
         yield {task.settings.input_name: task.preprocess([image])}
 
 
-def as_module(module: nn.Module, cls: type[nn.Module]) -> Any:
-    """``module`` when it is a ``cls``, else a TypeError naming what was passed."""
-    if not isinstance(module, cls):
-        raise TypeError(f"expected a {cls.__name__} module, got {type(module).__name__}")
-    return module
-
-
 Log = Callable[[str], None]
 """Where recipes write their progress lines (``print`` by default)."""

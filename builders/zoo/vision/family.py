@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from builders.zoo.api import MetricSpec
+from builders.zoo.base import FamilyBase, as_module, torch_threads
 from builders.zoo.vision import data
 from builders.zoo.vision.common import (
     Log,
-    as_module,
     export_image_classifier,
     percent,
     single_image_batches,
@@ -41,7 +41,7 @@ from builders.zoo.vision.model import (
     load_pretrained,
 )
 from builders.zoo.vision.prune import prune_efficientnet
-from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.base import RunGraph
 from gateway.tasks.onnx_runner import onnx_graph_runner
 from gateway.tasks.vision import ImageTask, decode_image
 
@@ -55,7 +55,7 @@ RECOVER_STEPS_PER_S = 0.6
 """Recovery steps per second of a 2-core CPU (see ``ZooFamily.recover``)."""
 
 
-class VisionFamily:
+class VisionFamily(FamilyBase):
     """Zoo family over EfficientNet-Lite0 and the committed natural-image sets."""
 
     name = "vision"
@@ -67,18 +67,13 @@ class VisionFamily:
     pictures did not add to it (pruned-25 agreed with fp32 on 52-55 % of the eval images
     after the refit alone, 51-54 % after 60 s of distillation), so no time goes to it unless
     a build asks for it."""
-
-    def __init__(self, checkpoint_dir: Path = CHECKPOINT_DIR) -> None:
-        """Use the reference labels and config in ``checkpoint_dir`` (committed by default)."""
-        self.checkpoint_dir = checkpoint_dir
+    task_type = ImageTask
+    default_checkpoint_dir = CHECKPOINT_DIR
+    """Holds the reference labels and the config (no weights: those come from pip)."""
 
     def image_task(self) -> ImageTask:
         """The serving pre/post-processing, built from this family's assets."""
         return ImageTask(self.assets_dir)
-
-    def make_task(self, assets_dir: Path) -> Task:
-        """The serving-time task over ``assets_dir`` (labels and preprocessing settings)."""
-        return ImageTask(assets_dir)
 
     def sample_items(self, count: int) -> list[Any]:
         """Decoded held-out images, the form the task receives, for profiling."""
@@ -187,11 +182,9 @@ class VisionFamily:
 
         ``budget_s`` becomes a step count at ``RECOVER_STEPS_PER_S``: reproducible results.
         """
-        threads = torch.get_num_threads()
         # Depthwise-conv backward passes slow down by an order of magnitude when two
         # threads compete with other work for two cores; one thread is the steady choice.
-        torch.set_num_threads(RECOVERY_THREADS)
-        try:
+        with torch_threads(RECOVERY_THREADS):
             return distill(
                 as_module(module, EfficientNetLite),
                 as_module(teacher, EfficientNetLite),
@@ -199,8 +192,6 @@ class VisionFamily:
                 self.image_task().preprocess,
                 steps=round(budget_s * RECOVER_STEPS_PER_S),
             )
-        finally:
-            torch.set_num_threads(threads)
 
 
 FAMILY = VisionFamily()

@@ -11,12 +11,17 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import grpc
+
 from gateway.backends.base import Backend, GraphRunner, Lease, ModelRef, loop_runner
+from gateway.backends.runtimes import runtimes_of
 from gateway.backends.triton.fleet import Fleet
 from gateway.backends.triton.health import HealthMonitor
 from gateway.backends.triton.placement import PlacementController
 from gateway.backends.triton.scheduler import Scheduler
 from gateway.backends.triton.telemetry import TritonTelemetry
+from gateway.faults import BreakerPolicy
+from gateway.layout import Runtime, runtime_of
 from gateway.metrics import GatewayMetrics
 from gateway.tasks.base import MAIN_GRAPH, Tensor
 
@@ -25,11 +30,14 @@ class TritonBackend:
     """A ``Backend`` over Triton replicas that places variants itself, with a fallback.
 
     Nothing touches the network until :meth:`start`, which must run on the event loop that
-    will use the backend (gRPC aio channels belong to the loop that created them).
+    will use the backend (gRPC aio channels belong to the loop that created them). Triton
+    runs ONNX graphs and TensorRT plans; the fallback takes only the runtimes it runs.
     """
 
     runs_in_caller = False
     """Graph calls go through the event loop, so task code must not run on it."""
+    runtimes: frozenset[Runtime] = frozenset({"onnx", "tensorrt"})
+    """Graph runtimes Triton runs (the fallback only takes the ones it runs itself)."""
 
     def __init__(
         self,
@@ -43,6 +51,8 @@ class TritonBackend:
         probe_interval_s: float = 1.0,
         load_timeout_s: float = 120.0,
         demand_window_s: float = 30.0,
+        breaker_policy: BreakerPolicy | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,6 +72,8 @@ class TritonBackend:
                 probe's timeout.
             load_timeout_s: Seconds one model load may take.
             demand_window_s: Time constant of the decaying demand counts.
+            breaker_policy: Each server's circuit breaker (``gateway.faults``).
+            channel_credentials: TLS credentials of the channels (None: plaintext).
             metrics: Receives health, placement and run metrics.
             clock: Monotonic seconds.
         """
@@ -74,6 +86,7 @@ class TritonBackend:
         self.fallback = fallback
         self.budget_bytes = gpu_memory_budget_bytes
         self.channels_per_server = channels_per_server
+        self.channel_credentials = channel_credentials
         self.telemetry = TritonTelemetry(metrics)
         self.fleet = Fleet(urls, metrics_urls, clock)
         self.placement = PlacementController(
@@ -87,7 +100,14 @@ class TritonBackend:
         )
         self.health = HealthMonitor(self.fleet, self.placement, self.telemetry, probe_interval_s)
         self.scheduler = Scheduler(
-            self.fleet, self.placement, self.health, self.telemetry, fallback, load_timeout_s
+            self.fleet,
+            self.placement,
+            self.health,
+            self.telemetry,
+            fallback,
+            load_timeout_s,
+            breaker_policy=breaker_policy,
+            metrics=metrics,
         )
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -103,7 +123,7 @@ class TritonBackend:
                 return
             self.fleet.open()
             for replica in self.fleet:
-                replica.open(self.channels_per_server)
+                replica.open(self.channels_per_server, self.channel_credentials)
                 self.telemetry.server_healthy(replica.url, False)
                 if self.budget_bytes is not None:
                     self.telemetry.budget(replica.url, self.budget_bytes)
@@ -139,15 +159,23 @@ class TritonBackend:
             for replica in self.fleet:
                 replica.graphs[ref.model_name] = models
         await self.placement.register(ref)
-        if self.fallback is not None:
+        fallback = self._fallback_for(ref)
+        if fallback is not None:
             # Warm, so failing over within a deadline needs no model load.
-            await self.fallback.load(ref)
-        await self.placement.make_servable(ref, has_fallback=self.fallback is not None)
+            await fallback.load(ref)
+        await self.placement.make_servable(ref, has_fallback=fallback is not None)
+
+    def _fallback_for(self, ref: ModelRef) -> Backend | None:
+        """The fallback backend if it runs ``ref``'s graph (not a TensorRT plan on ONNX)."""
+        if self.fallback is None or runtime_of(ref.graph_path) not in runtimes_of(self.fallback):
+            return None
+        return self.fallback
 
     async def unload(self, ref: ModelRef) -> None:
         """Stop serving ``ref``: unloaded everywhere once its requests have finished."""
-        if self.fallback is not None:
-            await self.fallback.unload(ref)
+        fallback = self._fallback_for(ref)
+        if fallback is not None:
+            await fallback.unload(ref)
         await self.placement.retire(ref)
 
     def is_ready(self, ref: ModelRef) -> bool:
@@ -181,7 +209,7 @@ class TritonBackend:
 
     def can_hold(self, ref: ModelRef) -> bool:
         """Within a server's budget (or no budget), or a fallback holds it."""
-        if self.fallback is not None or self.budget_bytes is None:
+        if self._fallback_for(ref) is not None or self.budget_bytes is None:
             return True
         return ref.gpu_memory_bytes <= self.budget_bytes
 

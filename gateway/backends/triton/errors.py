@@ -60,3 +60,12 @@ def to_gateway_error(exc: InferenceServerException, model: str) -> Exception:
     if status in SERVER_DOWN | NOT_LOADED | _MISCONFIGURED:
         return VariantUnavailableError(text)
     return TritonInternalError(text)
+
+
+def is_server_fault(exc: InferenceServerException) -> bool:
+    """Whether a failed call says a live server is failing its runs (its breaker counts it).
+
+    INTERNAL, UNKNOWN or refusing us; not a server that is down (the health probes take it
+    out and back), a deadline, a full queue, bad input, or a model merely not loaded there.
+    """
+    return status_of(exc) not in SERVER_DOWN | _TIMEOUT | _BUSY | _BAD_INPUT | NOT_LOADED

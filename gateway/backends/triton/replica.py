@@ -13,11 +13,12 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from gateway.backends.triton.errors import ServerDownError
+from gateway.backends.triton.errors import ServerDownError, TritonInternalError
 from gateway.backends.triton.server_metrics import ModelCounters, QueueSignal, queue_signal
 from gateway.tasks.base import Tensor
 
@@ -91,10 +92,12 @@ class Replica:
 
     # -- connections -----------------------------------------------------------------------
 
-    def open(self, channels: int) -> None:
-        """Open ``channels`` gRPC channels (on the running event loop)."""
+    def open(self, channels: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        """Open ``channels`` gRPC channels on the running loop (TLS with ``credentials``)."""
         self._clients = [
-            grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_OPTIONS)
+            grpcclient.InferenceServerClient(
+                self.url, channel_args=CHANNEL_OPTIONS, creds=credentials
+            )
             for _ in range(channels)
         ]
 
@@ -371,7 +374,12 @@ class Replica:
             if left == 0:
                 self._on_idle()
         response = result.get_response()
-        return {out.name: result.as_numpy(out.name) for out in response.outputs}
+        try:
+            return {out.name: result.as_numpy(out.name) for out in response.outputs}
+        except ValueError as exc:  # e.g. an output whose data does not fill its shape
+            raise TritonInternalError(
+                f"Triton {self.url} answered {name} with a malformed response: {exc}"
+            ) from exc
 
 
 def least_busy(replicas: Iterable[Replica]) -> Replica | None:

@@ -4,10 +4,18 @@ A request runs on the least busy healthy server holding its variant, its deadlin
 the gRPC deadline. When that server goes down mid-call, or Triton says the variant is no
 longer loaded, the run moves to another replica (or is loaded again, or runs on the fallback
 backend) within the same deadline.
+
+Each server has a circuit breaker (``gateway.faults``): errors in a row from a server that
+still answers its probes (INTERNAL and the like, unreadable responses) open it, and while it
+is open requests go to the other servers or the fallback; a trial request closes it again. A
+server that goes down is the health monitor's: it takes it out and back. Where no other
+server or fallback could take the request, an open breaker does not stop it (a breaker
+steers traffic, it never strands it).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from tritonclient.utils import InferenceServerException
@@ -17,7 +25,9 @@ from gateway.backends.triton.errors import (
     NOT_LOADED,
     SERVER_DOWN,
     ServerDownError,
+    TritonInternalError,
     describe,
+    is_server_fault,
     status_of,
     to_gateway_error,
 )
@@ -27,7 +37,11 @@ from gateway.backends.triton.placement import PlacementController
 from gateway.backends.triton.replica import Replica
 from gateway.backends.triton.telemetry import FALLBACK, TritonTelemetry
 from gateway.errors import BackendTimeoutError, VariantUnavailableError
+from gateway.faults import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.metrics import GatewayMetrics
 from gateway.tasks.base import MAIN_GRAPH, Tensor
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -41,10 +55,13 @@ class Scheduler:
         telemetry: TritonTelemetry,
         fallback: Backend | None,
         default_timeout_s: float,
+        breaker_policy: BreakerPolicy | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """Schedule onto ``fleet``; ``fallback`` (if any) serves when no server can.
 
-        ``default_timeout_s`` bounds a run that carries no deadline of its own.
+        ``default_timeout_s`` bounds a run that carries no deadline of its own;
+        ``breaker_policy`` governs each server's circuit breaker.
         """
         self.fleet = fleet
         self.placement = placement
@@ -52,6 +69,52 @@ class Scheduler:
         self.telemetry = telemetry
         self.fallback = fallback
         self.default_timeout_s = default_timeout_s
+        self._metrics = metrics
+        policy = breaker_policy or BreakerPolicy()
+        self.breakers = {
+            r.url: CircuitBreaker(r.url, policy, fleet.clock, on_change=self._circuit_changed)
+            for r in fleet
+        }
+        if metrics is not None:
+            for url in self.breakers:
+                metrics.start_circuit(url)
+
+    # -- circuit breakers ------------------------------------------------------------------
+
+    def _circuit_changed(self, url: str, old: BreakerState, new: BreakerState, why: str) -> None:
+        if new is BreakerState.OPEN:
+            log.warning("Triton %s: circuit open: %s", url, why)
+        else:
+            log.info("Triton %s: circuit %s: %s", url, new.name.lower().replace("_", "-"), why)
+        if self._metrics is not None:
+            self._metrics.circuit_state.labels(url).set(new.value)
+            if new is BreakerState.OPEN:
+                self._metrics.circuit_opens_total.labels(url).inc()
+
+    def _blocked(self) -> frozenset[str]:
+        """Servers whose circuit takes no request now."""
+        return frozenset(url for url, b in self.breakers.items() if not b.would_allow())
+
+    def _least_busy(self, ref: ModelRef, skip: frozenset[str] = frozenset()) -> Replica | None:
+        """The least busy server for ``ref`` whose circuit allows it.
+
+        One whose circuit does not is chosen only when neither another server nor the
+        fallback could take the request.
+        """
+        name = ref.model_name
+        replica = self.fleet.least_busy(name, skip | self._blocked())
+        if replica is None and not self.fallback_ready(ref):
+            replica = self.fleet.least_busy(name, skip)
+        return replica
+
+    def _server_failed(self, replica: Replica, reason: str) -> None:
+        breaker = self.breakers[replica.url]
+        others_closed = any(
+            r.healthy and self.breakers[r.url].state is BreakerState.CLOSED
+            for r in self.fleet
+            if r.url != replica.url
+        )
+        breaker.failed(reason, may_open=others_closed or self.fallback is not None)
 
     def fallback_ready(self, ref: ModelRef) -> bool:
         """Whether the fallback backend can run ``ref`` now."""
@@ -66,7 +129,7 @@ class Scheduler:
         deadline = self.fleet.clock() + timeout_s
         while True:
             for ref in refs:
-                replica = self.fleet.least_busy(ref.model_name)
+                replica = self._least_busy(ref)
                 if replica is not None:
                     replica.lease(ref.model_name)
                     return Lease(ref, replica.url)
@@ -96,16 +159,18 @@ class Scheduler:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def _pick(self, name: str, tried: set[str], prefer: str) -> Replica | None:
+    def _pick(self, ref: ModelRef, tried: set[str], prefer: str) -> Replica | None:
+        name = ref.model_name
         preferred = self.fleet.get(prefer)
         if (
             preferred is not None
             and preferred.healthy
             and preferred.url not in tried
             and preferred.runs(name)
+            and self.breakers[preferred.url].would_allow()
         ):
             return preferred
-        return self.fleet.least_busy(name, skip=frozenset(tried))
+        return self._least_busy(ref, skip=frozenset(tried))
 
     async def run(
         self,
@@ -131,7 +196,7 @@ class Scheduler:
             remaining = deadline - clock()
             if remaining <= 0:
                 raise BackendTimeoutError(f"the deadline passed before {name} ran") from last
-            replica = self._pick(name, tried, prefer)
+            replica = self._pick(ref, tried, prefer)
             if replica is None:
                 if self.fallback_ready(ref):
                     return await self._run_fallback(ref, inputs, remaining, graph)
@@ -149,17 +214,32 @@ class Scheduler:
                 tried.clear()
                 continue
             tried.add(replica.url)
+            breaker = self.breakers[replica.url]
+            breaker.allow()  # claims the trial of a half-open circuit
             try:
                 outputs = await replica.infer(name, inputs, remaining, clock(), model)
-            except ServerDownError:
+            except ServerDownError:  # the health monitor's business, not the breaker's
+                breaker.undecided()
                 last = VariantUnavailableError(f"Triton {replica.url} went down during {name}")
                 self.telemetry.run(replica.url, name, "failover")
                 continue
             except InferenceServerException as exc:
+                if is_server_fault(exc):
+                    self._server_failed(replica, describe(exc))
+                else:
+                    breaker.undecided()
                 last = self._failed(replica, name, exc)
                 if last is None:
                     raise to_gateway_error(exc, name) from exc
                 continue
+            except TritonInternalError as exc:  # a response the client could not read
+                self._server_failed(replica, str(exc))
+                self.telemetry.run(replica.url, name, "error")
+                raise
+            except BaseException:  # cancelled, or a bug: no verdict on the server
+                breaker.undecided()
+                raise
+            breaker.succeeded()
             self.telemetry.run(replica.url, name, "ok")
             return outputs
 

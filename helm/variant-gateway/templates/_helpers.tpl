@@ -142,6 +142,60 @@ parses them so), whole numbers without an exponent, everything else as written.
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the gateway's key file. */}}
+{{- define "variant-gateway.authSecretName" -}}
+{{- default (printf "%s-keys" (include "variant-gateway.gatewayName" .)) .Values.gateway.auth.existingSecret }}
+{{- end }}
+
+{{/* Where the gateway reads its mounted Secrets (directories, so updates arrive in place). */}}
+{{- define "variant-gateway.secretsDir" -}}/etc/variant-gateway{{- end }}
+
+{{/*
+Gateway settings the chart derives from gateway.auth, gateway.tls and gateway.tritonTLS:
+the mounted files' paths. Merged over gateway.config by the ConfigMap.
+*/}}
+{{- define "variant-gateway.securityConfig" -}}
+{{- $g := .Values.gateway }}
+{{- $dir := include "variant-gateway.secretsDir" . }}
+{{- $out := dict }}
+{{- if $g.auth.enabled }}
+{{- $_ := set $out "auth_keys_file" (printf "%s/auth/%s" $dir $g.auth.secretKey) }}
+{{- if $g.auth.protectMetrics }}{{ $_ := set $out "auth_open_metrics" false }}{{ end }}
+{{- end }}
+{{- if $g.tls.enabled }}
+{{- $_ := set $out "tls_cert_file" (printf "%s/tls/tls.crt" $dir) }}
+{{- $_ := set $out "tls_key_file" (printf "%s/tls/tls.key" $dir) }}
+{{- if $g.tls.clientCA.enabled }}
+{{- $_ := set $out "tls_client_ca_file" (printf "%s/client-ca/%s" $dir $g.tls.clientCA.secretKey) }}
+{{- end }}
+{{- end }}
+{{- if $g.tritonTLS.enabled }}
+{{- $_ := set $out "triton_tls" true }}
+{{- $_ := set $out "triton_tls_ca_file" (printf "%s/triton-tls/ca.crt" $dir) }}
+{{- if $g.tritonTLS.mutual }}
+{{- $_ := set $out "triton_tls_cert_file" (printf "%s/triton-tls/tls.crt" $dir) }}
+{{- $_ := set $out "triton_tls_key_file" (printf "%s/triton-tls/tls.key" $dir) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The gateway's probe handler: HTTP(S) on the http port, or TCP under mutual TLS. */}}
+{{- define "variant-gateway.probeHandler" -}}
+{{- $tls := .ctx.Values.gateway.tls }}
+{{- if and $tls.enabled $tls.clientCA.enabled }}
+tcpSocket:
+  port: http
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: http
+  {{- if $tls.enabled }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Fails rendering on values that cannot work together. */}}
 {{- define "variant-gateway.validate" -}}
 {{- if and (eq .Values.modelRepository.source "objectStorage") (not .Values.modelRepository.objectStorage.url) }}
@@ -152,6 +206,25 @@ parses them so), whole numbers without an exponent, everything else as written.
 {{- end }}
 {{- if and .Values.autoscaling.enabled (not .Values.autoscaling.customMetric.enabled) (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) }}
 {{- fail "autoscaling needs a metric: set autoscaling.targetCPUUtilizationPercentage or enable autoscaling.customMetric" }}
+{{- end }}
+{{- $g := .Values.gateway }}
+{{- if and $g.auth.enabled (not $g.auth.existingSecret) (empty $g.auth.keys) }}
+{{- fail "gateway.auth.enabled needs gateway.auth.keys or gateway.auth.existingSecret" }}
+{{- end }}
+{{- if and $g.tls.enabled (not $g.tls.secretName) }}
+{{- fail "gateway.tls.enabled needs gateway.tls.secretName (a kubernetes.io/tls Secret)" }}
+{{- end }}
+{{- if and $g.tls.clientCA.enabled (not $g.tls.enabled) }}
+{{- fail "gateway.tls.clientCA.enabled (mutual TLS) needs gateway.tls.enabled" }}
+{{- end }}
+{{- if and $g.tritonTLS.enabled (not (or $g.tritonTLS.secretName .Values.triton.tls.secretName)) }}
+{{- fail "gateway.tritonTLS.enabled needs gateway.tritonTLS.secretName or triton.tls.secretName" }}
+{{- end }}
+{{- if and .Values.triton.tls.enabled (not .Values.triton.tls.secretName) }}
+{{- fail "triton.tls.enabled needs triton.tls.secretName" }}
+{{- end }}
+{{- if and .Values.triton.enabled .Values.triton.tls.enabled (not $g.tritonTLS.enabled) (eq (toString $g.config.backend) "triton") }}
+{{- fail "triton.tls.enabled with backend triton needs gateway.tritonTLS.enabled, or the gateway cannot connect" }}
 {{- end }}
 {{- $grace := .Values.gateway.config.shutdown_grace_s | default 5.0 | float64 }}
 {{- if le (float64 .Values.gateway.terminationGracePeriodSeconds) (addf (float64 .Values.gateway.preStopSleepSeconds) $grace) }}

@@ -34,7 +34,7 @@ import onnxruntime as ort
 import sentencepiece as spm
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.layout import graph_model_name
+from gateway.layout import GRAPH_FILES, Runtime, graph_model_name, version_dir
 from gateway.manifest import (
     Artifact,
     FamilyManifest,
@@ -185,9 +185,10 @@ class Spec:
     p50_s: float
     status: str = "published"
     precision: str = "fp32"
+    runtime: Runtime = "onnx"
 
 
-def _write_family(
+def write_family(
     repo: Path,
     family: str,
     task: str,
@@ -205,14 +206,15 @@ def _write_family(
         artifacts = []
         for graph, content in files.items():
             directory = name if graph == "model" else graph_model_name(name, graph)
-            version = repo / directory / "1"
+            version = version_dir(repo, directory)
             version.mkdir(parents=True, exist_ok=True)
-            (version / "model.onnx").write_bytes(content)
+            path = version / GRAPH_FILES[spec.runtime]
+            path.write_bytes(content)
             for file, asset in assets.items():
                 (version / file).write_bytes(asset)
             artifacts.append(
                 Artifact(
-                    path=f"{directory}/1/model.onnx",
+                    path=path.relative_to(repo).as_posix(),
                     sha256=hashlib.sha256(content).hexdigest(),
                     size_bytes=len(content),
                 )
@@ -225,6 +227,7 @@ def _write_family(
                 status=spec.status,  # type: ignore[arg-type]
                 rejection_reason=None if spec.status == "published" else "quality drop too large",
                 recommended=spec.status == "published",
+                runtime=spec.runtime,
                 precision=spec.precision,  # type: ignore[arg-type]
                 pruning_ratio=0.5 if "pruned" in spec.name else 0.0,
                 artifacts=artifacts,
@@ -248,7 +251,7 @@ def _write_family(
         graphs=graphs or [],
         assets=sorted(assets),
         built_at="2026-01-01T00:00:00Z",
-        source="tests/integration/repo_fixture.py",
+        source="tests/support/repo_fixture.py",
         variants=variants,
     )
     write_manifest(repo, manifest)
@@ -323,7 +326,7 @@ def build_repository(root: Path) -> Path:
     repo = root / "repo"
     repo.mkdir(parents=True)
     tiny = image_graph()
-    _write_family(
+    write_family(
         repo,
         "digits",
         "image-labels",
@@ -338,11 +341,10 @@ def build_repository(root: Path) -> Path:
         IMAGE_IN,
         IMAGE_OUT,
     )
-
-    import whisper_fixture  # builds its graphs with this module's helpers
+    from tests.support import whisper_fixture  # builds its graphs with this module's helpers
 
     speech = whisper_fixture.graphs()
-    _write_family(
+    write_family(
         repo,
         "speech",
         "audio-text",
@@ -354,7 +356,7 @@ def build_repository(root: Path) -> Path:
     )
     assets, vocab = _translation_assets(root)
     copy = copy_graph(vocab)
-    _write_family(
+    write_family(
         repo,
         "translation",
         "text-text",
@@ -367,7 +369,7 @@ def build_repository(root: Path) -> Path:
         [TensorSpec(name="logits", datatype="FP32", dims=[vocab])],
     )
     heavy = image_graph(heavy_rows=128, heavy_layers=16)
-    _write_family(
+    write_family(
         repo,
         "busy",
         "image-labels",
@@ -380,7 +382,7 @@ def build_repository(root: Path) -> Path:
         IMAGE_OUT,
     )
     slow = image_graph(heavy_rows=256, heavy_layers=60)
-    _write_family(
+    write_family(
         repo,
         "slow",
         "image-labels",
@@ -390,7 +392,7 @@ def build_repository(root: Path) -> Path:
         IMAGE_OUT,
         max_batch_size=0,
     )
-    _write_family(
+    write_family(
         repo,
         "flaky",
         "image-labels",

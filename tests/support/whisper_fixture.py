@@ -14,10 +14,10 @@ import json
 
 import numpy as np
 from onnx import TensorProto, helper
-from repo_fixture import _const, _model
 
 from builders.zoo.speech.assets import ASSETS_DIR
 from gateway.manifest import GraphSpec, TensorSpec
+from tests.support.repo_fixture import _const, _model
 
 VOCAB = 51864
 EOT = 50256

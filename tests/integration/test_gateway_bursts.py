@@ -1,0 +1,87 @@
+"""A burst through the real gateway: shed or downgraded, never answered late, then back.
+
+The ``busy`` fixture family has a slow ``fp32`` (tens of milliseconds, measured when the
+fixture is built) and a fast ``small``. The gateway here routes on what it measures (the
+default settings), with hard budgets carried as gRPC deadlines.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.manifest import load_manifest
+from tests.support.wire import image_input, metric
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def _call(url: str, budget_s: float) -> tuple[str, float, str]:
+    """(status, seconds, variant) of one routed request with a hard budget and deadline."""
+    client = grpcclient.InferenceServerClient(url, channel_args=OWN_CONNECTION)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(image_input(0)[0][2])
+    client.is_server_live()
+    start = time.perf_counter()
+    try:
+        result = client.infer(
+            "busy",
+            [tensor],
+            parameters={"latency_budget_ms": budget_s * 1000},
+            client_timeout=budget_s,
+        )
+        variant = result.get_response().parameters["variant"].string_param
+        return "OK", time.perf_counter() - start, variant
+    except InferenceServerException as exc:
+        return str(exc.status()), time.perf_counter() - start, ""
+    finally:
+        client.close()
+
+
+def test_a_burst_is_shed_or_downgraded_never_late_and_recovery_is_quick(gateway_factory, repo):
+    fp32 = load_manifest(repo / "busy.manifest.json").variant("fp32")
+    budget_s = 4 * fp32.latency_at(1, 1).p50_s
+    gw = gateway_factory(repo, task_threads=2, max_in_flight_per_variant=64)
+    # Teach the gateway both variants' real run times, as served traffic would.
+    for _ in range(8):
+        for model in ("busy__fp32", "busy__small"):
+            client = grpcclient.InferenceServerClient(gw.grpc_url)
+            tensor = grpcclient.InferInput("image", [1], "BYTES")
+            tensor.set_data_from_numpy(image_input(0)[0][2])
+            client.infer(model, [tensor])
+            client.close()
+    assert _call(gw.grpc_url, budget_s)[2] == "fp32"
+
+    # 48 requests at once: far more than fp32 can answer within the budget on two threads.
+    with ThreadPoolExecutor(48) as pool:
+        burst = list(pool.map(lambda _: _call(gw.grpc_url, budget_s), range(48)))
+    ended = time.monotonic()
+    answered = [b for b in burst if b[0] == "OK"]
+    assert "small" in {b[2] for b in answered}  # downgraded, not queued into a miss
+    assert len(answered) >= 24  # the small variant takes much of what fp32 cannot
+    # Refused at once, or dropped unrun when a run could no longer end in time.
+    assert {b[0] for b in burst} <= {
+        "OK",
+        "StatusCode.RESOURCE_EXHAUSTED",
+        "StatusCode.DEADLINE_EXCEEDED",
+    }
+    # The server answered nothing after its budget (a late answer would count as a miss).
+    samples = gw.scrape()
+    for variant in ("fp32", "small"):
+        assert metric(samples, "gateway_budget_misses_total", model="busy", variant=variant) == 0
+
+    # Answers within budget again within a second of the burst ending...
+    while True:
+        status, seconds, variant = _call(gw.grpc_url, budget_s)
+        if status == "OK" and seconds <= budget_s:
+            break
+        assert time.monotonic() - ended < 1.0, "no answer within budget a second after"
+        time.sleep(0.02)
+    # ...and the most accurate variant serves again once the burst's load has drained.
+    while variant != "fp32":
+        assert time.monotonic() - ended < 10.0, "fp32 never served again after the burst"
+        time.sleep(0.05)
+        status, seconds, variant = _call(gw.grpc_url, budget_s)
