@@ -24,8 +24,10 @@ either term: the manifest reports it once per family (``runtime_memory_bytes``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +106,11 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shapes of every tensor; ONNX Runtime's symbolic inference follows shape arithmetic."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    # When inference stays incomplete ONNX Runtime saves the model (weights and all) into the
+    # working directory before raising; a scratch directory keeps that out of the caller's.
     try:
-        inferred: onnx.ModelProto = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            inferred: onnx.ModelProto = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
         return inferred
     except Exception as exc:  # noqa: BLE001 - any failure falls back to ONNX's own inference
         log.debug("symbolic shape inference failed (%s); using onnx's", exc)

@@ -105,3 +105,32 @@ def test_input_shapes_must_match_the_graph(tmp_path: Path) -> None:
         estimate_gpu_memory(path, {})
     with pytest.raises(ValueError, match="rank 2"):
         estimate_gpu_memory(path, {"x": (8, 64, 1)})
+
+
+def test_an_op_without_shape_inference_leaves_the_working_directory_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ONNX Runtime's symbolic inference saves the whole model into the working directory when
+    # it cannot finish (here: an operator of a domain it does not know).
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Mystery", ["h"], ["y"], domain="example.unknown"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w],
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("example.unknown", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    estimate = estimate_gpu_memory(tmp_path / "m.onnx", {"x": (2, 4)})
+    assert estimate.weights_bytes == 4 * 4 * 4
+    assert list(cwd.iterdir()) == []
