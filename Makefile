@@ -7,10 +7,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
-# Debian packages: espeak-ng synthesises the speech corpus and test audio; prometheus runs in
+# Debian packages: espeak-ng and flite synthesise the speech robustness sets and test audio;
+# pocketsphinx-testdata holds the real recordings speech is scored on; prometheus runs in
 # the monitoring tests; the *-l10n/iso-codes packages carry the gettext catalogs of the
 # translation corpus (only needed to re-extract it).
-DEB_PACKAGES := espeak-ng prometheus iso-codes
+DEB_PACKAGES := espeak-ng flite pocketsphinx-testdata prometheus iso-codes
 
 .PHONY: setup deps venv serve serve-triton repo test lint typecheck unit clean
 

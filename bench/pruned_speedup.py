@@ -28,7 +28,7 @@ from builders.profile import GraphClock
 from builders.zoo.registry import get_family
 from gateway.manifest import FamilyManifest, Variant, find_manifests, load_manifest
 from gateway.tasks.base import Task
-from gateway.tasks.onnx_runner import onnx_graph_runner
+from gateway.tasks.onnx_runner import GraphSessions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -39,11 +39,13 @@ INTRA_OP_THREADS = 1
 class TimedVariant:
     """One variant's task and graph, with the time of each request and of its graph calls."""
 
-    def __init__(self, repository: Path, family: str, variant: Variant) -> None:
-        graph = variant.graph_path(repository)
+    def __init__(
+        self, repository: Path, family: str, variant: Variant, graph_names: list[str]
+    ) -> None:
+        graphs = {g: variant.graph_path(repository, g) for g in graph_names}
         self.name = variant.name
-        self.task: Task = get_family(family).make_task(graph.parent)
-        self.clock = GraphClock(onnx_graph_runner(graph, INTRA_OP_THREADS))
+        self.task: Task = get_family(family).make_task(next(iter(graphs.values())).parent)
+        self.clock = GraphClock(GraphSessions(graphs, INTRA_OP_THREADS))
         self.request_s: list[float] = []
         self.graph_s: list[float] = []
 
@@ -67,7 +69,10 @@ def measure_family(
     repository: Path, manifest: FamilyManifest, items: list[Any], rounds: int, warmup: int
 ) -> list[dict[str, Any]]:
     """Interleaved timings of fp32 and the pruned variants; one row per variant."""
-    timed = [TimedVariant(repository, manifest.family, v) for v in compared_variants(manifest)]
+    names = manifest.graph_names()
+    timed = [
+        TimedVariant(repository, manifest.family, v, names) for v in compared_variants(manifest)
+    ]
     for r in range(warmup + rounds):
         item = items[r % len(items)]
         shift = r % len(timed)

@@ -2,11 +2,12 @@
 
 fp32 is the baseline; fp16 and int8 are graph-level transforms of it; each pruning ratio is a
 structurally smaller torch model, recovered by a short fine-tune, exported, and also
-quantized. Where TensorRT and a GPU exist, engines mirror those rungs (:mod:`builders.engines`).
+quantized. A variant is one graph (``model``) or, for families that declare ``graphs``
+(Whisper's encoder and decoder), several; every transform applies to each of them. Where
+TensorRT and a GPU exist, engines mirror the one-graph rungs (:mod:`builders.engines`).
 Every variant is evaluated with the family's metric and profiled (:mod:`builders.measure`);
-the ones that lose more than ``max_quality_drop`` points are kept in the manifest as rejected
-and not written to the repository; the rest are published, and the Pareto-optimal ones
-recommended.
+the ones that lose more than the quality budget are kept in the manifest as rejected and not
+written to the repository; the rest are published, and the Pareto-optimal ones recommended.
 """
 
 from __future__ import annotations
@@ -37,20 +38,33 @@ from builders.sources import ModelSource, check_contract, load_torch_module
 from builders.spec import BuildSpec, pruned_name
 from builders.triton.model_config import TritonModel
 from builders.zoo.api import ShapeRange, ZooFamily
-from gateway.layout import sha256_file
+from gateway.layout import graph_model_name, sha256_file
 from gateway.manifest import (
     Artifact,
     Datatype,
     FamilyManifest,
+    GraphSpec,
     MetricInfo,
     TensorSpec,
     Variant,
     model_name,
     write_manifest,
 )
+from gateway.tasks.base import MAIN_GRAPH
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+
+
+def graph_names(family: ZooFamily) -> tuple[str, ...]:
+    """The graphs of each of the family's variants (``("model",)`` unless it declares more)."""
+    names: tuple[str, ...] = getattr(family, "graphs", (MAIN_GRAPH,))
+    return names
+
+
+def is_multi_graph(family: ZooFamily) -> bool:
+    """Whether the family's variants have several graphs (with ``export_graphs`` etc.)."""
+    return graph_names(family) != (MAIN_GRAPH,)
 
 
 @dataclass
@@ -141,23 +155,28 @@ def _derive(
     progress: Progress,
     skipped: list[str],
 ) -> list[Candidate]:
-    """fp32 export and every derived graph the spec asks for."""
+    """fp32 export and every derived variant the spec asks for."""
     module = load_torch_module(source, family)
-    fp32 = workdir / "fp32.onnx"
+    multi = is_multi_graph(family)
     zoo_class = type(family.load())
-    if module is None:
-        assert source.path is not None
-        fp32.write_bytes(source.path.read_bytes())
-    elif isinstance(module, zoo_class):
-        family.export_onnx(module, fp32)
-    else:
-        export_like_zoo(module, family, fp32, workdir)
-    params = graph_parameters(fp32)
-    candidates = [Candidate("fp32", fp32, "fp32", parameters=params)]
-    method: QuantizationMethod = "dynamic" if "LSTM" in op_types(fp32) else "static-qdq"
+    fp32_graphs = _export_fp32(family, source, module, workdir)
+    params = sum(graph_parameters(g) for g in fp32_graphs.values())
+    candidates = [Candidate("fp32", fp32_graphs, "fp32", parameters=params)]
+    method: QuantizationMethod = getattr(family, "int8_method", None) or (
+        "dynamic" if "LSTM" in op_types(candidates[0].graph) else "static-qdq"
+    )
 
     def int8_of(base: Candidate, name: str) -> Candidate:
         progress(f"{family.name}: quantizing {name} ({method})")
+        if multi:
+            graphs = family.quantize_int8(base.graphs, workdir / name)  # type: ignore[attr-defined]
+            notes = [
+                *base.notes,
+                "int8: dynamic, weight matmuls per channel, tied embedding one int8 table",
+            ]
+            return Candidate(
+                name, graphs, "int8", method, base.pruning_ratio, base.parameters, notes
+            )
         target = workdir / f"{name}.onnx"
         calibration = family.calibration_inputs(spec.calibration_items)
         result = to_int8(base.graph, target, calibration, method)
@@ -166,14 +185,18 @@ def _derive(
             notes.append("attention graph: only MatMul/Gemm quantized")
         if result.weight_only_tensors:
             notes.append(f"{result.weight_only_tensors} recurrent weight tensors int8 weight-only")
-        return Candidate(name, target, "int8", method, base.pruning_ratio, base.parameters, notes)
+        return Candidate(
+            name, {MAIN_GRAPH: target}, "int8", method, base.pruning_ratio, base.parameters, notes
+        )
 
     if "fp16" in spec.variants:
         progress(f"{family.name}: converting fp16")
-        target = workdir / "fp16.onnx"
-        kept = to_fp16(fp32, target)
+        fp16_dir = workdir / "fp16"
+        fp16_dir.mkdir()
+        fp16_graphs = {g: fp16_dir / p.name for g, p in fp32_graphs.items()}
+        kept = sorted({op for g, p in fp32_graphs.items() for op in to_fp16(p, fp16_graphs[g])})
         notes = [f"kept in fp32 on CPU: {', '.join(kept)}"] if kept else []
-        candidates.append(Candidate("fp16", target, "fp16", parameters=params, notes=notes))
+        candidates.append(Candidate("fp16", fp16_graphs, "fp16", parameters=params, notes=notes))
     if "int8" in spec.variants:
         candidates.append(int8_of(candidates[0], "int8"))
     wants_pruned = {"pruned", "pruned-int8"} & set(spec.variants)
@@ -195,16 +218,58 @@ def _derive(
             progress(f"{family.name}: pruning {ratio:.0%} + {recovery}")
             pruned = family.prune(copy.deepcopy(module), ratio)
             pruned = family.recover(pruned, module, budget_s)
-            graph = workdir / f"{name}.onnx"
-            family.export_onnx(pruned, graph)
-            base = Candidate(
-                name, graph, "fp32", "none", ratio, graph_parameters(graph), [recovery]
-            )
+            if multi:
+                graphs = export_multi(family, pruned, workdir / name)
+            else:
+                graphs = {MAIN_GRAPH: workdir / f"{name}.onnx"}
+                family.export_onnx(pruned, graphs[MAIN_GRAPH])
+            size = sum(graph_parameters(g) for g in graphs.values())
+            base = Candidate(name, graphs, "fp32", "none", ratio, size, [recovery])
             if "pruned" in spec.variants:
                 candidates.append(base)
             if "pruned-int8" in spec.variants:
                 candidates.append(int8_of(base, pruned_name(ratio, int8=True)))
     return candidates
+
+
+def _export_fp32(
+    family: ZooFamily, source: ModelSource, module: nn.Module | None, workdir: Path
+) -> dict[str, Path]:
+    """The fp32 graphs: exported from the module, or the user's ONNX file as it is."""
+    fp32 = workdir / "fp32.onnx"
+    zoo_class = type(family.load())
+    if is_multi_graph(family):
+        if module is None or not isinstance(module, zoo_class):
+            raise ValueError(f"{family.name} variants are built from its own model class")
+        return export_multi(family, module, workdir / "fp32")
+    if module is None:
+        assert source.path is not None
+        fp32.write_bytes(source.path.read_bytes())
+    elif isinstance(module, zoo_class):
+        family.export_onnx(module, fp32)
+    else:
+        export_like_zoo(module, family, fp32, workdir)
+    return {MAIN_GRAPH: fp32}
+
+
+def export_multi(family: ZooFamily, module: nn.Module, directory: Path) -> dict[str, Path]:
+    """Export every graph of a multi-graph family's module into ``directory``."""
+    graphs: dict[str, Path] = family.export_graphs(module, directory)  # type: ignore[attr-defined]
+    return graphs
+
+
+def input_ranges(family: ZooFamily, fp32: Candidate, max_batch_size: int) -> dict[str, ShapeRange]:
+    """Per graph input, the shapes requests give it (GPU memory, TensorRT profiles).
+
+    A multi-graph family reads the sizes its model fixes (layers, heads, widths) from the
+    fp32 graphs themselves, since its source may be a model of another size than the zoo's.
+    """
+    if is_multi_graph(family):
+        ranges: dict[str, ShapeRange] = family.graph_shape_ranges(  # type: ignore[attr-defined]
+            fp32.graphs, max_batch_size
+        )
+        return ranges
+    return family.shape_ranges(max_batch_size)
 
 
 def _engines(
@@ -220,6 +285,11 @@ def _engines(
     if not spec.tensorrt:
         return []
     reason = tensorrt_unavailable_reason()
+    if reason is None and is_multi_graph(family):
+        reason = (
+            f"{family.name} variants have several graphs ({', '.join(graph_names(family))}); "
+            "engines are built for one-graph variants only"
+        )
     if reason is not None:
         skipped.append(f"tensorrt engines: {reason}")
         return []
@@ -231,34 +301,71 @@ def _engines(
     )
 
 
+DEFAULT_QUALITY_DROP = 2.0
+"""Points of quality a variant may lose against fp32 unless the spec or family says."""
+
+
+def quality_budget(spec: BuildSpec, family: ZooFamily) -> float:
+    """Points a variant may lose: the spec's, else the family's own, else 2."""
+    if spec.max_quality_drop is not None:
+        return spec.max_quality_drop
+    own: float = getattr(family, "max_quality_drop", DEFAULT_QUALITY_DROP)
+    return own
+
+
+def _stage(
+    c: Candidate,
+    name: str,
+    spec: BuildSpec,
+    family: ZooFamily,
+    io: tuple[list[TensorSpec], list[TensorSpec]],
+    graphs: list[GraphSpec],
+    staging: Path,
+) -> list[Path]:
+    """Lay out a variant's Triton model directories (one per graph); returns them."""
+    if not graphs:
+        model = TritonModel(name, c.runtime, tuple(io[0]), tuple(io[1]), spec.max_batch_size)
+        return [stage_variant(staging, model, c.graph, family.assets_dir)]
+    dirs = []
+    for g in graphs:
+        model = TritonModel(
+            graph_model_name(name, g.name),
+            c.runtime,
+            tuple(g.inputs),
+            tuple(g.outputs),
+            spec.max_batch_size,
+        )
+        dirs.append(stage_variant(staging, model, c.graphs[g.name], family.assets_dir))
+    return dirs
+
+
 def _variant_entry(
     c: Candidate,
     m: Measurement,
     baseline: float,
     spec: BuildSpec,
     family: ZooFamily,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
+    io: tuple[list[TensorSpec], list[TensorSpec]],
+    graphs: list[GraphSpec],
     staging: Path,
 ) -> Variant:
     """The manifest entry of a measured candidate; published ones are staged on disk."""
     quality = _quality(m.metrics, family)
     drop = baseline - quality
-    size = c.graph.stat().st_size
-    rejected = drop > spec.max_quality_drop
+    budget = quality_budget(spec, family)
+    rejected = drop > budget
     name = model_name(family.name, c.name)
     artifacts: list[Artifact] = []
     if not rejected:
-        model = TritonModel(name, c.runtime, tuple(inputs), tuple(outputs), spec.max_batch_size)
-        model_dir = stage_variant(staging, model, c.graph, family.assets_dir)
         artifacts = [
             Artifact(
                 path=str(f.relative_to(staging)), sha256=sha256_file(f), size_bytes=f.stat().st_size
             )
+            for model_dir in _stage(c, name, spec, family, io, graphs, staging)
             for f in sorted(model_dir.rglob("*"))
             if f.is_file()
         ]
-    reason = f"loses {drop:.2f} points of {family.metric.name}, budget {spec.max_quality_drop:.2f}"
+    reason = f"loses {drop:.2f} points of {family.metric.name}, budget {budget:.2f}"
     return Variant(
         name=c.name,
         model_name=name,
@@ -271,7 +378,7 @@ def _variant_entry(
         sparsity=c.sparsity,
         pruning_ratio=c.pruning_ratio,
         artifacts=artifacts,
-        size_bytes=size,
+        size_bytes=c.size_bytes,
         parameters=c.parameters,
         metrics={k: round(v, 4) for k, v in m.metrics.items()},
         quality=round(quality, 4),
@@ -302,13 +409,16 @@ def build_family(
     with tempfile.TemporaryDirectory(prefix=f"build-{family.name}-") as tmp:
         workdir = Path(tmp)
         candidates = _derive(spec, family, source, workdir, say, skipped)
-        inputs, outputs = graph_io(candidates[0].graph)
-        if source.kind != "zoo":
+        graphs: list[GraphSpec] = (
+            family.graph_specs() if is_multi_graph(family) else []  # type: ignore[attr-defined]
+        )
+        inputs, outputs = ([], []) if graphs else graph_io(candidates[0].graph)
+        if source.kind != "zoo" and not graphs:
             want_in, want_out = zoo_contract(family, workdir)
             check_contract(
                 candidates[0].graph, [t.name for t in want_in], [t.name for t in want_out]
             )
-        ranges = family.shape_ranges(spec.max_batch_size)
+        ranges = input_ranges(family, candidates[0], spec.max_batch_size)
         candidates += _engines(spec, family, candidates, ranges, workdir, say, skipped)
         items = family.sample_items(32)
         measured = {
@@ -323,7 +433,9 @@ def build_family(
         baseline = _quality(measured["fp32"].metrics, family)
         staging = new_staging_dir(spec.repository, family.name)
         variants = [
-            _variant_entry(c, measured[c.name], baseline, spec, family, inputs, outputs, staging)
+            _variant_entry(
+                c, measured[c.name], baseline, spec, family, (inputs, outputs), graphs, staging
+            )
             for c in candidates
         ]
         best = frontier(
@@ -343,6 +455,7 @@ def build_family(
             max_batch_size=spec.max_batch_size,
             inputs=inputs,
             outputs=outputs,
+            graphs=graphs,
             assets=sorted(p.name for p in family.assets_dir.iterdir() if p.is_file()),
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
             source=f"{source.describe()} sha256:{sha256_file(candidates[0].graph)[:16]}",

@@ -11,6 +11,8 @@ compared rung by rung:
 
 Every engine has one optimisation profile over the family's batch and length ranges. The
 planning is pure; building needs TensorRT and a GPU (:mod:`builders.convert.onnx2trt`).
+Engines are built for one-graph variants only: a family whose variants have several graphs
+(speech) gets none, and the build says so (``builders.build``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from builders.convert.onnx2trt import EnginePrecision, EngineSpec, build_engine
 from builders.convert.sparsity import sparsify_2_4
 from builders.measure import Candidate
 from builders.zoo.api import ShapeRange, ZooFamily
+from gateway.tasks.base import MAIN_GRAPH
 
 ENGINE_PREFIX = "trt-"
 Progress = Callable[[str], None]
@@ -110,7 +113,7 @@ def build_engines(
             continue
         yield Candidate(
             plan.name,
-            engine,
+            {MAIN_GRAPH: engine},
             plan.precision,
             quantization="entropy-calibration" if plan.precision == "int8" else "none",
             pruning_ratio=source.pruning_ratio,

@@ -12,15 +12,23 @@ by what really differs between them (fp16 stores half the bytes, int8 a quarter)
   shapes from shape inference at the family's largest input shapes (largest batch, longest
   lengths).
 
+A variant of several graphs (Whisper's encoder and decoder) holds every graph's weights at
+once, so its weights are their sum; its graphs run one after another, each call's
+intermediates freed before the next, so its activations are the largest of the per-graph
+peaks (each graph's inputs and outputs included: what one graph hands the next is counted in
+the graph that holds it at its peak).
+
 What a runtime itself needs per model instance (its context, arenas, workspace) is not in
 either term: the manifest reports it once per family (``runtime_memory_bytes``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +106,11 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shapes of every tensor; ONNX Runtime's symbolic inference follows shape arithmetic."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    # When inference stays incomplete ONNX Runtime saves the model (weights and all) into the
+    # working directory before raising; a scratch directory keeps that out of the caller's.
     try:
-        inferred: onnx.ModelProto = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            inferred: onnx.ModelProto = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
         return inferred
     except Exception as exc:  # noqa: BLE001 - any failure falls back to ONNX's own inference
         log.debug("symbolic shape inference failed (%s); using onnx's", exc)
@@ -188,3 +199,23 @@ def estimate_gpu_memory(graph: Path, input_shapes: ShapeMap) -> GpuMemoryEstimat
     if unknown:
         log.warning("%s: %d tensors of unknown shape not counted", graph.name, unknown)
     return GpuMemoryEstimate(weights_bytes(model), activations, unknown)
+
+
+def estimate_variant_gpu_memory(
+    graphs: Iterable[Path], input_shapes: ShapeMap
+) -> GpuMemoryEstimate:
+    """A variant's estimate over all of its graphs: weights summed, the largest peak.
+
+    Args:
+        graphs: The variant's ONNX graph files (one, or each of a multi-graph variant's).
+        input_shapes: Concrete shape of each input of any of the graphs (the family's
+            largest); each graph takes those of its own inputs.
+    """
+    estimates = [estimate_gpu_memory(graph, input_shapes) for graph in graphs]
+    if not estimates:
+        raise ValueError("a variant has at least one graph")
+    return GpuMemoryEstimate(
+        weights_bytes=sum(e.weights_bytes for e in estimates),
+        activations_bytes=max(e.activations_bytes for e in estimates),
+        unknown_tensors=sum(e.unknown_tensors for e in estimates),
+    )

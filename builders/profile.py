@@ -22,7 +22,7 @@ import onnx
 
 from builders.spec import ProfileSettings
 from gateway.manifest import LatencyPoint
-from gateway.tasks.base import RunGraph, Task, Tensor
+from gateway.tasks.base import MAIN_GRAPH, RunGraphs, Task, Tensor
 
 
 def _percentiles(samples_s: Sequence[float]) -> tuple[float, float, float]:
@@ -46,23 +46,25 @@ def _timed_loop(request: Callable[[], None], settings: ProfileSettings) -> list[
 class GraphClock:
     """A graph runner that adds up the time spent in the graph it wraps (one thread each)."""
 
-    def __init__(self, run_graph: RunGraph) -> None:
+    def __init__(self, run_graph: RunGraphs) -> None:
         self.run_graph = run_graph
         self.seconds = 0.0
         """Time inside the graph since this was last set to 0."""
 
-    def __call__(self, inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        """Run the graph on ``inputs`` and add its time to ``seconds``."""
+    def __call__(
+        self, inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
+    ) -> Mapping[str, Tensor]:
+        """Run ``graph`` on ``inputs`` and add its time to ``seconds``."""
         start = time.perf_counter()
         try:
-            return self.run_graph(inputs)
+            return self.run_graph(inputs, graph)
         finally:
             self.seconds += time.perf_counter() - start
 
 
 def _point(
     task: Task,
-    run_graph: RunGraph,
+    run_graph: RunGraphs,
     items: list[Any],
     batch: int,
     threads: int,
@@ -110,7 +112,7 @@ def _point(
 
 
 def profile_latency(
-    run_graph: RunGraph,
+    run_graph: RunGraphs,
     task: Task,
     items: list[Any],
     settings: ProfileSettings,
@@ -118,7 +120,7 @@ def profile_latency(
 ) -> list[LatencyPoint]:
     """Time the variant at each batch size (concurrency 1) and each concurrency (batch 1).
 
-    ``run_graph`` runs the variant's graph (ONNX Runtime with ``settings.intra_op_threads``
+    ``run_graph`` runs the variant's graphs (ONNX Runtime with ``settings.intra_op_threads``
     threads, or a TensorRT engine), so every runtime is timed through the same task code.
     """
     if not items:

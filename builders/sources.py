@@ -18,7 +18,9 @@ from torch import nn
 
 from builders.zoo.api import ZooFamily
 
-SourceKind = Literal["zoo", "torch", "torchscript", "onnx"]
+SourceKind = Literal["zoo", "torch", "torchscript", "onnx", "directory"]
+"""``directory``: a model folder the family reads itself (speech: a local Hugging Face
+Whisper directory, or a CTranslate2 one)."""
 
 
 class SourceError(ValueError):
@@ -54,6 +56,16 @@ def load_torch_module(source: ModelSource, family: ZooFamily) -> nn.Module | Non
     """The source as a torch module in eval mode, or None for an ONNX source."""
     if source.kind == "zoo":
         return family.load()
+    if source.kind == "directory":
+        assert source.path is not None
+        loader = getattr(family, "load_directory", None)
+        if loader is None:
+            raise SourceError(f"the {family.name} family does not read model directories")
+        try:
+            module: nn.Module = loader(source.path)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from exc
+        return module.eval()
     if source.kind == "torchscript":
         assert source.path is not None
         scripted: nn.Module = torch.jit.load(str(source.path), map_location="cpu")  # type: ignore[no-untyped-call]

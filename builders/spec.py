@@ -49,8 +49,9 @@ class BuildSpec:
     takes the family's own default. Each family turns it into a fixed number of steps (its
     steps per second on such a machine), so a build makes the same pruned models on any
     machine, only sooner or later."""
-    max_quality_drop: float = 2.0
-    """Points of the primary metric a variant may lose against fp32 and still be published."""
+    max_quality_drop: float | None = None
+    """Points of the primary metric a variant may lose against fp32 and still be published;
+    None takes the family's own budget (``max_quality_drop`` on the family, else 2)."""
     eval_limit: int | None = None
     """Evaluate on the first N held-out items only (None: the whole set)."""
     calibration_items: int = 256
@@ -70,7 +71,7 @@ class BuildSpec:
             raise ValueError("fp32 is the baseline every other variant is measured against")
         if any(not 0 < r < 1 for r in self.pruning_ratios):
             raise ValueError(f"pruning ratios must lie in (0, 1), got {self.pruning_ratios}")
-        if (self.recover_budget_s or 0.0) < 0 or self.max_quality_drop < 0:
+        if (self.recover_budget_s or 0.0) < 0 or (self.max_quality_drop or 0.0) < 0:
             raise ValueError("recover_budget_s and max_quality_drop must be >= 0")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1, got {self.eval_limit}")

@@ -86,8 +86,8 @@ class GatewaySettings(BaseSettings):
     max_text_chars: int = Field(4096, ge=1)
     """Characters in one text item (after UTF-8 decoding)."""
     max_audio_s: float = Field(60.0, gt=0)
-    """Seconds of audio in one item, read from the WAV header or the sample count at 16 kHz
-    before any decoding (a family's own, shorter limit still applies)."""
+    """Seconds of audio in one item, read from the audio file's header (WAV, FLAC, Ogg) or the
+    sample count at 16 kHz before any decoding (a family's own limit also applies)."""
     max_image_pixels: int = Field(16_777_216, ge=1)
     """Width x height of one image, read from the file header before decoding (stops
     decompression bombs) or from the shape of a UINT8 tensor."""

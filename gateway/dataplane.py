@@ -366,7 +366,7 @@ class DataPlane:
             def run_graph(
                 inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
             ) -> Mapping[str, Tensor]:
-                return runner(inputs, timeout_s)
+                return runner(inputs, timeout_s, graph)
 
             items = make_items()
             results = await asyncio.to_thread(io.run, items, run_graph, io.options({}))

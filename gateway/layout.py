@@ -7,6 +7,12 @@ A repository holds one Triton model directory per variant and one manifest per f
     <repository>/<family>__<variant>/1/model.onnx   (or model.plan for TensorRT)
     <repository>/<family>__<variant>/1/<asset files of the family>
 
+A variant of several graphs (the manifest's ``graphs``, e.g. Whisper's encoder and decoder)
+has one such directory per graph instead, each a Triton model of its own with the assets::
+
+    <repository>/<family>__<variant>__<graph>/config.pbtxt
+    <repository>/<family>__<variant>__<graph>/1/model.onnx
+
 The builders write it and the gateway reads it through the names below, so the two can
 never disagree about where a graph lives, how its hash is taken or how a KServe datatype is
 spelled in a Triton model configuration.
@@ -18,6 +24,8 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args
+
+from gateway.tasks.base import MAIN_GRAPH as MAIN_GRAPH
 
 VERSION = "1"
 """The one model version directory of every variant (and the version the gateway serves)."""
@@ -31,6 +39,15 @@ GRAPH_FILES: Mapping[Runtime, str] = {"onnx": "model.onnx", "tensorrt": "model.p
 """Graph file name in a version directory, per manifest ``runtime``."""
 
 
+GRAPH_SEPARATOR = "__"
+"""Joins a variant's model name and a graph name: ``speech__fp32__encoder``."""
+
+
+def graph_model_name(model_name: str, graph: str = MAIN_GRAPH) -> str:
+    """The Triton model that serves ``graph`` of a variant (the variant's own for one graph)."""
+    return model_name if graph == MAIN_GRAPH else f"{model_name}{GRAPH_SEPARATOR}{graph}"
+
+
 def model_dir(repository: Path, model_name: str) -> Path:
     """The Triton model directory of a variant (``model_name`` is ``family__variant``)."""
     return repository / model_name
@@ -41,9 +58,11 @@ def version_dir(repository: Path, model_name: str) -> Path:
     return model_dir(repository, model_name) / VERSION
 
 
-def graph_path(repository: Path, model_name: str, runtime: Runtime) -> Path:
-    """A variant's graph file."""
-    return version_dir(repository, model_name) / GRAPH_FILES[runtime]
+def graph_path(
+    repository: Path, model_name: str, runtime: Runtime, graph: str = MAIN_GRAPH
+) -> Path:
+    """A variant's graph file (``graph`` names one of a multi-graph variant's)."""
+    return version_dir(repository, graph_model_name(model_name, graph)) / GRAPH_FILES[runtime]
 
 
 def runtime_of(graph: Path) -> Runtime:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import re
 import warnings
-import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +30,9 @@ from PIL import Image
 
 from gateway.config import GatewaySettings
 from gateway.errors import LimitExceededError
+from gateway.tasks.audio import audio_seconds
+from gateway.tasks.base import TaskInputError
 
-WAVEFORM_RATE_HZ = 16000
-"""Sample rate of FP32 waveforms on the wire (the ``audio-text`` contract)."""
 MAX_REQUEST_ID_CHARS = 256
 """Longest request id accepted; it is echoed and logged, so it stays short and printable."""
 
@@ -153,13 +152,13 @@ class Limits:
             )
 
     def _check_audio(self, index: int, item: Any) -> None:
-        if isinstance(item, bytes):
-            seconds = wav_seconds(item)
-        elif isinstance(item, np.ndarray) and item.ndim >= 1:
-            seconds = item.shape[-1] / WAVEFORM_RATE_HZ
-        else:
+        if not isinstance(item, bytes) and not (isinstance(item, np.ndarray) and item.ndim >= 1):
             return
-        if seconds is not None and seconds > self.max_audio_s:
+        try:
+            seconds = audio_seconds(item)  # a file's header (any format), or the sample count
+        except TaskInputError:
+            return  # not an audio file the header reader understands: the decoder says why
+        if seconds > self.max_audio_s:
             raise LimitExceededError(
                 f"audio {index} is {seconds:.1f} s long; the limit is {self.max_audio_s:g} s "
                 "(max_audio_s)"
@@ -190,20 +189,6 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 """The documented defaults, for callers that were given no settings."""
-
-
-def wav_seconds(data: bytes) -> float | None:
-    """Duration of a WAV file from its header (capped by the bytes present), or None."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as wav:
-            frame_bytes = wav.getsampwidth() * wav.getnchannels()
-            rate_hz = wav.getframerate()
-            frames = wav.getnframes()
-    except Exception:  # not a WAV file the header reader understands: the decoder says why
-        return None
-    if frame_bytes <= 0 or rate_hz <= 0:
-        return None
-    return min(frames, len(data) // frame_bytes) / rate_hz
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

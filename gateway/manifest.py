@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.layout import Runtime, graph_path
+from gateway.tasks.base import MAIN_GRAPH
 
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -46,6 +47,19 @@ class TensorSpec(_Strict):
     name: str
     datatype: Datatype
     dims: list[int] = Field(description="Shape without the batch dimension; -1 is dynamic.")
+
+
+class GraphSpec(_Strict):
+    """One graph of a multi-graph variant (e.g. Whisper's encoder and decoder).
+
+    Every variant of the family has the same graphs with the same tensors. Each graph is its
+    own Triton model, ``<family>__<variant>__<graph>``, and is one runtime request per call.
+    """
+
+    name: str = Field(description="Graph name the task code calls, e.g. 'encoder'.")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    description: str = Field(default="", description="What the graph computes, in words.")
 
 
 class Artifact(_Strict):
@@ -158,9 +172,9 @@ class Variant(_Strict):
     )
     notes: list[str] = Field(default_factory=list, description="How it was made, in words.")
 
-    def graph_path(self, repository: Path) -> Path:
-        """This variant's graph file in ``repository`` (see :mod:`gateway.layout`)."""
-        return graph_path(repository, self.model_name, self.runtime)
+    def graph_path(self, repository: Path, graph: str = MAIN_GRAPH) -> Path:
+        """This variant's graph file (``graph``: one of several) in ``repository``."""
+        return graph_path(repository, self.model_name, self.runtime, graph)
 
     def latency_at(self, batch_size: int = 1, concurrency: int = 1) -> LatencyPoint | None:
         """The profiled point closest to (batch_size, concurrency), preferring exact matches."""
@@ -197,8 +211,14 @@ class FamilyManifest(_Strict):
         ge=0,
         description="Mean item size of the items behind the latency points, in size_unit.",
     )
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: list[TensorSpec] = Field(description="The single graph's inputs (empty with graphs).")
+    outputs: list[TensorSpec] = Field(description="The single graph's outputs (empty with graphs).")
+    graphs: list[GraphSpec] = Field(
+        default_factory=list,
+        exclude_if=lambda graphs: not graphs,
+        description="The graphs of multi-graph variants; absent for one-graph variants, whose "
+        "graph is 'model' with the inputs and outputs above.",
+    )
     assets: list[str] = Field(description="Asset files copied beside each graph.")
     built_at: str = Field(description="UTC ISO-8601 time of the build.")
     source: str = Field(description="Where the fp32 model came from (checkpoint and hash).")
@@ -224,6 +244,10 @@ class FamilyManifest(_Strict):
                     f"variant {v.name}: model_name must be {model_name(self.family, v.name)}"
                 )
         return self
+
+    def graph_names(self) -> list[str]:
+        """The graph names of every variant: ``["model"]`` unless ``graphs`` lists several."""
+        return [g.name for g in self.graphs] or [MAIN_GRAPH]
 
     def published(self) -> list[Variant]:
         """Variants the gateway may serve."""

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.backends.base import Backend, ModelRef
+from gateway.backends.base import Backend, GraphFile, ModelRef
 from gateway.backends.runtimes import runtimes_of
 from gateway.errors import GatewayError
 from gateway.layout import VERSION as VERSION
-from gateway.layout import sha256_file
+from gateway.layout import graph_model_name, sha256_file
 from gateway.manifest import (
     MANIFEST_SUFFIX,
     FamilyManifest,
@@ -229,13 +229,8 @@ class Registry:
     async def _load_variant(
         self, manifest: FamilyManifest, variant: Variant, old: ServedFamily | None
     ) -> ServedVariant:
-        graph = variant.graph_path(self.repository)
-        version_dir = graph.parent
-        relative = graph.relative_to(self.repository).as_posix()
-        sha = next((a.sha256 for a in variant.artifacts if a.path == relative), "")
-        ref = ModelRef(
-            variant.model_name, graph, sha, manifest.max_batch_size, variant.gpu_memory_bytes
-        )
+        ref = self._ref(manifest, variant)
+        version_dir = ref.graph_path.parent
         previous = old.variants.get(variant.name) if old else None
         if previous is not None and previous.ready and previous.ref == ref:
             return ServedVariant(variant, ref, previous.io)
@@ -248,10 +243,14 @@ class Registry:
                     f"backend, which runs {', '.join(sorted(runtimes))} graphs"
                     + (" (serve it with --backend triton)" if variant.runtime == "tensorrt" else "")
                 )
-            if not graph.is_file():
-                raise ValueError(f"graph file {relative} is missing")
-            if sha and await loop.run_in_executor(None, sha256_file, graph) != sha:
-                raise ValueError(f"graph file {relative} does not match the manifest's sha256")
+            for graph in ref.graph_files():  # every graph checked before any loads
+                relative = graph.path.relative_to(self.repository).as_posix()
+                if not graph.path.is_file():
+                    raise ValueError(f"graph file {relative} is missing")
+                if graph.sha256 and (
+                    await loop.run_in_executor(None, sha256_file, graph.path) != graph.sha256
+                ):
+                    raise ValueError(f"graph file {relative} does not match the manifest's sha256")
             io = await loop.run_in_executor(None, task_io, manifest.task, version_dir)
             await self.backend.load(ref)
         except (ValueError, OSError, GatewayError) as exc:
@@ -259,6 +258,25 @@ class Registry:
             log.error("%s: not servable: %s", variant.model_name, reason)
             return ServedVariant(variant, ref, None, error=reason)
         return ServedVariant(variant, ref, io)
+
+    def _ref(self, manifest: FamilyManifest, variant: Variant) -> ModelRef:
+        """What the backend loads for ``variant``: its graph, or all of its graphs."""
+
+        def file(graph: str) -> GraphFile:
+            path = variant.graph_path(self.repository, graph)
+            relative = path.relative_to(self.repository).as_posix()
+            sha = next((a.sha256 for a in variant.artifacts if a.path == relative), "")
+            return GraphFile(graph, graph_model_name(variant.model_name, graph), path, sha)
+
+        files = [file(g) for g in manifest.graph_names()]
+        return ModelRef(
+            variant.model_name,
+            files[0].path,
+            files[0].sha256,
+            manifest.max_batch_size,
+            variant.gpu_memory_bytes,
+            tuple(files) if manifest.graphs else (),
+        )
 
     def _retire(self, refs: set[ModelRef]) -> None:
         """Unload graphs no longer served, once requests already on them had time to end."""

@@ -77,7 +77,7 @@ class TaskRunner:
         ) -> Mapping[str, Tensor]:
             t0 = clock()
             try:
-                return runner(inputs, deadline_s - t0)
+                return runner(inputs, deadline_s - t0, graph)
             finally:
                 backend_seconds.observe(clock() - t0)
 

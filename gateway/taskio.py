@@ -7,8 +7,8 @@ through a graph runner and packs the results as output tensors.
 
 - ``image-labels``: input ``image`` BYTES [B] (encoded) or UINT8 [B,H,W,C] / [H,W,C];
   outputs ``labels`` BYTES [B,k] and ``scores`` FP32 [B,k]; parameter ``top_k``.
-- ``audio-text``: input ``audio`` FP32 [B,N] / [N] (16 kHz samples) or BYTES [B] (WAV
-  files); output ``text`` BYTES [B].
+- ``audio-text``: input ``audio`` FP32 [B,N] / [N] (16 kHz samples) or BYTES [B] (audio
+  files: WAV, FLAC, Ogg/Opus, at any rate); output ``text`` BYTES [B].
 - ``text-text``: input ``text`` BYTES [B] (UTF-8); output ``text`` BYTES [B].
 """
 
@@ -22,8 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.errors import InvalidRequestError
+from gateway.tasks.audio import audio_seconds
 from gateway.tasks.base import RunGraphs, TaskInputError
-from gateway.tasks.speech import SpeechTask
+from gateway.tasks.speech import WhisperTask
 from gateway.tasks.translation import TranslationTask
 from gateway.tasks.vision import DEFAULT_TOP_K, ImageTask, open_image
 from gateway.types import NamedTensor, ParamValue, bytes_array
@@ -174,17 +175,17 @@ class ImageIO:
 
 
 class AudioIO:
-    """``audio-text``: 16 kHz waveforms or WAV files in, transcripts out."""
+    """``audio-text``: 16 kHz waveforms or audio files in, transcripts out (Whisper)."""
 
     inputs: tuple[TensorInfo, ...] = (TensorInfo("audio", "FP32", (-1, -1)),)
     outputs: tuple[TensorInfo, ...] = (TensorInfo("text", "BYTES", (-1,)),)
 
     def __init__(self, assets_dir: Path) -> None:
         """Load the speech task from a variant's assets."""
-        self.task = SpeechTask(assets_dir)
+        self.task = WhisperTask(assets_dir)
 
     def items(self, inputs: Mapping[str, NamedTensor]) -> list[Any]:
-        """Waveform rows (float32) or WAV files (bytes)."""
+        """Waveform rows (float32) or audio files (bytes)."""
         tensor = _only_input(inputs, "audio")
         if tensor.datatype == "BYTES":
             return _non_empty("audio", list(_bytes_items(tensor)))
@@ -192,26 +193,31 @@ class AudioIO:
             rows = tensor.data[None] if tensor.data.ndim == 1 else tensor.data
             return _non_empty("audio", [np.asarray(r, dtype=np.float32) for r in rows])
         raise InvalidRequestError(
-            f"input 'audio' must be FP32 [B,N] / [N] samples at 16 kHz or BYTES [B] WAV files, "
-            f"got {tensor.datatype} {list(tensor.shape)}"
+            f"input 'audio' must be FP32 [B,N] / [N] samples at 16 kHz or BYTES [B] audio files "
+            f"(WAV, FLAC, Ogg), got {tensor.datatype} {list(tensor.shape)}"
         )
+
+    def item_size(self, item: Any) -> float:
+        """Seconds of audio in ``item``: from a file's header, or a waveform's sample count.
+
+        Raises:
+            InvalidRequestError: The bytes are not an audio file.
+        """
+        return float(_run_task(lambda: [audio_seconds(item)])[0])
 
     def options(self, parameters: Mapping[str, ParamValue]) -> dict[str, Any]:
         """No options."""
         return {}
 
-    def item_size(self, item: Any) -> float:
-        """Seconds of audio (WAV files: from their byte count, 16-bit mono at 16 kHz)."""
-        if isinstance(item, bytes):
-            return max(0.0, (len(item) - 44) / (2 * 16000))
-        return float(len(item)) / 16000
-
     def batch_key(self, items: list[Any]) -> Hashable | None:
-        """Only audio of the same lengths batches: padding would change the transcript."""
-        return tuple(len(item) for item in items)
+        """Any audio batches together.
+
+        Every window is padded to 30 s on its own, so neighbours do not change a transcript.
+        """
+        return ""
 
     def run(self, items: list[Any], run_graph: RunGraphs, options: Mapping[str, Any]) -> list[Any]:
-        """Transcribe the batch."""
+        """Transcribe the batch (the encoder once per 30 s window, the decoder per token)."""
         return _run_task(lambda: list(self.task.run(items, run_graph)))
 
     def pack(self, results: list[Any]) -> list[NamedTensor]:

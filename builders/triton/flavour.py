@@ -1,7 +1,8 @@
 """Derive the python-backend flavour of a repository, for Triton builds without ONNX Runtime.
 
 Every published ONNX variant becomes a python-backend model of the same name and tensors,
-whose ``model.py`` runs the same ``model.onnx`` through ONNX Runtime. Its configuration
+whose ``model.py`` runs the same ``model.onnx`` through ONNX Runtime (a variant of several
+graphs: one such model per graph, ``<family>__<variant>__<graph>``). Its configuration
 comes from the same :class:`~builders.triton.model_config.TritonModel` as the production one.
 TensorRT variants have no python flavour and are left out.
 """
@@ -45,19 +46,24 @@ def write_python_flavour(
         for variant in manifest.published():
             if variant.runtime != "onnx":
                 continue
-            model = TritonModel.of_variant(manifest, variant)
-            source = variant.graph_path(repository)
-            target_dir = out_dir / model.name
-            if target_dir.exists():
-                shutil.rmtree(target_dir)
-            target = version_dir(out_dir, model.name)
-            target.mkdir(parents=True)
-            write_config(target_dir, model, "python")
-            shutil.copyfile(PYTHON_MODEL, target / "model.py")
-            graph = target / model.graph_file
-            if link:
-                graph.symlink_to(source.resolve())
-            else:
-                shutil.copyfile(source, graph)
-            written.append(model.name)
+            for graph in manifest.graph_names():
+                model = TritonModel.of_variant(manifest, variant, graph)
+                _write_model(model, variant.graph_path(repository, graph), out_dir, link)
+                written.append(model.name)
     return written
+
+
+def _write_model(model: TritonModel, source: Path, out_dir: Path, link: bool) -> None:
+    """One python-backend model directory running ``source``."""
+    target_dir = out_dir / model.name
+    if target_dir.exists():
+        shutil.rmtree(target_dir)
+    target = version_dir(out_dir, model.name)
+    target.mkdir(parents=True)
+    write_config(target_dir, model, "python")
+    shutil.copyfile(PYTHON_MODEL, target / "model.py")
+    graph = target / model.graph_file
+    if link:
+        graph.symlink_to(source.resolve())
+    else:
+        shutil.copyfile(source, graph)

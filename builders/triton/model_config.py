@@ -21,7 +21,14 @@ from typing import Any, Literal
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from gateway.layout import CONFIG_FILE, GRAPH_FILES, Runtime, config_datatype
+from gateway.layout import (
+    CONFIG_FILE,
+    GRAPH_FILES,
+    MAIN_GRAPH,
+    Runtime,
+    config_datatype,
+    graph_model_name,
+)
 from gateway.manifest import FamilyManifest, TensorSpec, Variant
 
 Flavour = Literal["production", "python"]
@@ -65,13 +72,18 @@ class TritonModel:
             )
 
     @classmethod
-    def of_variant(cls, manifest: FamilyManifest, variant: Variant) -> TritonModel:
-        """The Triton model of a manifest's variant."""
+    def of_variant(
+        cls, manifest: FamilyManifest, variant: Variant, graph: str = MAIN_GRAPH
+    ) -> TritonModel:
+        """The Triton model of a manifest's variant (of one of its graphs, if it has several)."""
+        spec = next((g for g in manifest.graphs if g.name == graph), None)
+        if spec is None and graph != MAIN_GRAPH:
+            raise ValueError(f"{variant.model_name} has no graph {graph!r}")
         return cls(
-            name=variant.model_name,
+            name=graph_model_name(variant.model_name, graph),
             runtime=variant.runtime,
-            inputs=tuple(manifest.inputs),
-            outputs=tuple(manifest.outputs),
+            inputs=tuple(spec.inputs if spec else manifest.inputs),
+            outputs=tuple(spec.outputs if spec else manifest.outputs),
             max_batch_size=manifest.max_batch_size,
         )
 

@@ -24,16 +24,20 @@ def _count_parameters(family_name: str) -> int:
 
 def evaluate(name: str, onnx: bool, limit: int | None) -> dict[str, float]:
     """Score the committed checkpoint (torch, or its ONNX export) on the held-out set."""
-    from gateway.tasks.onnx_runner import onnx_graph_runner
+    from builders.build import export_multi, is_multi_graph
+    from gateway.tasks.base import single_graph
+    from gateway.tasks.onnx_runner import GraphSessions
 
     family = get_family(name)
     module = family.load()
     if not onnx:
-        return family.evaluate(family.torch_runner(module), limit)
+        return family.evaluate(single_graph(family.torch_runner(module)), limit)
     with tempfile.TemporaryDirectory() as tmp:
+        if is_multi_graph(family):
+            return family.evaluate(GraphSessions(export_multi(family, module, Path(tmp))), limit)
         graph = Path(tmp) / "model.onnx"
         family.export_onnx(module, graph)
-        return family.evaluate(onnx_graph_runner(graph), limit)
+        return family.evaluate(GraphSessions({"model": graph}), limit)
 
 
 def main(argv: list[str] | None = None) -> int:

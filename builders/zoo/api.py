@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
-from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.base import RunGraph, RunGraphs, Task
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class MetricSpec:
     """The task metric that decides whether a variant is good enough."""
 
     name: str
-    """Key in the metrics dict, e.g. ``"wer"``, ``"bleu"``, ``"top1"``."""
+    """Key in the metrics dict, e.g. ``"wer"``, ``"bleu"``, ``"agreement"``."""
     higher_is_better: bool
     """True for accuracy-like metrics, False for error rates such as WER."""
     scale: float = 100.0
@@ -80,7 +80,7 @@ class ZooFamily(Protocol):
         """Export a module of this family (full or pruned) to one ONNX graph at path."""
         ...
 
-    def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
+    def evaluate(self, run_graph: RunGraphs, limit: int | None = None) -> dict[str, float]:
         """Score a graph runner on the committed held-out set with the task's metrics."""
         ...
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from builders.zoo.api import ShapeRange
-from gateway.tasks.base import RunGraph, Task
+from gateway.tasks.base import RunGraphs, Task
 
 SHAPE_SAMPLES = 64
 """Calibration batches whose shapes bound a family's input shapes by default."""
@@ -29,7 +29,7 @@ class TaskType(Protocol):
 
     def __init__(self, assets_dir: Path) -> None: ...
 
-    def run(self, items: list[Any], run_graph: RunGraph) -> list[Any]:
+    def run(self, items: list[Any], run_graph: RunGraphs) -> list[Any]:
         """Process a batch of task-level items through a graph runner."""
         ...
 

@@ -20,15 +20,34 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.errors import BackendTimeoutError
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import MAIN_GRAPH, Tensor
 
-GraphRunner = Callable[[Mapping[str, Tensor], float | None], Mapping[str, Tensor]]
-"""Runs one graph once from a worker thread: ``(inputs, timeout_s) -> outputs``."""
+
+class GraphRunner(Protocol):
+    """Runs one of a leased variant's graphs once, from a worker thread."""
+
+    def __call__(
+        self, inputs: Mapping[str, Tensor], timeout_s: float | None, graph: str = MAIN_GRAPH
+    ) -> Mapping[str, Tensor]:
+        """Run ``graph`` on ``inputs`` within ``timeout_s``; returns its outputs."""
+        ...
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One graph of a multi-graph variant: its name, Triton model, file and hash."""
+
+    name: str
+    """Graph name the task calls (``encoder``)."""
+    model_name: str
+    """Its own Triton model, ``family__variant__graph``."""
+    path: Path
+    sha256: str
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One loadable graph: a variant's model at one content hash.
+    """One loadable variant: its graph (or graphs) at one content hash.
 
     Two refs with the same name but different hashes are different loads, so a rebuilt
     variant can load beside the old one and the switch is a single reference swap.
@@ -40,6 +59,8 @@ class ModelRef:
         max_batch_size: Rows one graph run may take; 0 disables batching across requests.
         gpu_memory_bytes: Device memory the variant needs (manifest), which a backend with a
             GPU-memory budget counts.
+        graphs: Every graph of a multi-graph variant, loaded, placed and unloaded together
+            (empty for a one-graph variant, whose graph is ``graph_path``).
     """
 
     model_name: str
@@ -47,6 +68,25 @@ class ModelRef:
     sha256: str
     max_batch_size: int
     gpu_memory_bytes: int = 0
+    graphs: tuple[GraphFile, ...] = ()
+
+    def graph_files(self) -> tuple[GraphFile, ...]:
+        """Every graph of the variant (the one graph is named ``model``)."""
+        if self.graphs:
+            return self.graphs
+        return (GraphFile(MAIN_GRAPH, self.model_name, self.graph_path, self.sha256),)
+
+    def graph_file(self, graph: str) -> GraphFile:
+        """The graph called ``graph``.
+
+        Raises:
+            KeyError: The variant has no such graph.
+        """
+        for file in self.graph_files():
+            if file.name == graph:
+                return file
+        names = ", ".join(f.name for f in self.graph_files())
+        raise KeyError(f"{self.model_name} has no graph {graph!r} (it has {names})")
 
 
 @dataclass(eq=False)
@@ -127,9 +167,13 @@ class Backend(Protocol):
         ...
 
     async def run(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None = None
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float | None = None,
+        graph: str = MAIN_GRAPH,
     ) -> dict[str, Tensor]:
-        """Run the graph once on ``inputs`` (batch dimension first) from the event loop."""
+        """Run ``graph`` once on ``inputs`` (batch dimension first) from the event loop."""
         ...
 
     async def close(self) -> None:
@@ -139,7 +183,8 @@ class Backend(Protocol):
 
 def loop_runner(
     run_leased: Callable[
-        [Lease, Mapping[str, Tensor], float | None], Coroutine[Any, Any, dict[str, Tensor]]
+        [Lease, Mapping[str, Tensor], float | None, str],
+        Coroutine[Any, Any, dict[str, Tensor]],
     ],
     lease: Lease,
     loop: asyncio.AbstractEventLoop,
@@ -150,8 +195,11 @@ def loop_runner(
     enforces ``timeout_s`` itself, the margin here only guards a lost reply.
     """
 
-    def run(inputs: Mapping[str, Tensor], timeout_s: float | None) -> Mapping[str, Tensor]:
-        future = asyncio.run_coroutine_threadsafe(run_leased(lease, inputs, timeout_s), loop)
+    def run(
+        inputs: Mapping[str, Tensor], timeout_s: float | None, graph: str = MAIN_GRAPH
+    ) -> Mapping[str, Tensor]:
+        call = run_leased(lease, inputs, timeout_s, graph)
+        future = asyncio.run_coroutine_threadsafe(call, loop)
         try:
             result: Mapping[str, Tensor] = future.result(
                 None if timeout_s is None else timeout_s + 1.0

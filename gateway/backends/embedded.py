@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
 from gateway.backends.base import GraphRunner, Lease, ModelRef
 from gateway.errors import BackendTimeoutError, VariantUnavailableError
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import MAIN_GRAPH, Tensor
 
 
 class _Session:
-    """One variant's session and its output names, resolved once at load."""
+    """One graph's session and its output names, resolved once at load."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -56,37 +57,42 @@ class EmbeddedBackend:
         available = set(ort.get_available_providers())
         self._providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         self._on_batch = on_batch
-        self._sessions: dict[ModelRef, _Session] = {}
+        self._sessions: dict[ModelRef, dict[str, _Session]] = {}
+        """Every loaded variant's sessions, by graph name."""
 
-    def _open(self, ref: ModelRef) -> _Session:
+    def _open(self, path: Path) -> _Session:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        return _Session(
-            ort.InferenceSession(str(ref.graph_path), options, providers=self._providers)
-        )
+        return _Session(ort.InferenceSession(str(path), options, providers=self._providers))
+
+    def _open_all(self, ref: ModelRef) -> dict[str, _Session]:
+        """Sessions of every graph of ``ref``: all of them or, on any failure, none."""
+        return {g.name: self._open(g.path) for g in ref.graph_files()}
 
     async def start(self) -> None:
         """Nothing to connect to."""
 
     async def load(self, ref: ModelRef) -> None:
-        """Open a session for ``ref`` (no-op if already loaded).
+        """Open a session for every graph of ``ref`` (no-op if already loaded).
+
+        A variant of several graphs is loaded whole or not at all.
 
         Raises:
-            VariantUnavailableError: The graph file is missing or not a valid graph.
+            VariantUnavailableError: A graph file is missing or not a valid graph.
         """
         if ref in self._sessions:
             return
         try:
-            session = await asyncio.to_thread(self._open, ref)
+            sessions = await asyncio.to_thread(self._open_all, ref)
         except Exception as exc:  # ORT raises its own types for every kind of bad graph
             raise VariantUnavailableError(
                 f"{ref.model_name}: cannot load {ref.graph_path.name}: {exc}"
             ) from exc
-        self._sessions[ref] = session
+        self._sessions[ref] = sessions
 
     async def unload(self, ref: ModelRef) -> None:
         """Forget ``ref``'s session; runs already holding it finish."""
@@ -126,10 +132,17 @@ class EmbeddedBackend:
     def release(self, lease: Lease) -> None:
         """Nothing to release."""
 
-    def _session(self, ref: ModelRef) -> _Session:
-        session = self._sessions.get(ref)
-        if session is None:
+    def _graphs(self, ref: ModelRef) -> dict[str, _Session]:
+        sessions = self._sessions.get(ref)
+        if sessions is None:
             raise VariantUnavailableError(f"{ref.model_name} is not loaded")
+        return sessions
+
+    @staticmethod
+    def _pick(ref: ModelRef, sessions: Mapping[str, _Session], graph: str) -> _Session:
+        session = sessions.get(graph)
+        if session is None:
+            raise KeyError(f"{ref.model_name} has no graph {graph!r} ({', '.join(sessions)})")
         return session
 
     def graph_runner(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> GraphRunner:
@@ -138,12 +151,15 @@ class EmbeddedBackend:
         The session is resolved now, so a variant unloaded by a reload still finishes the
         requests that hold it.
         """
-        session = self._session(lease.ref)
-        ref, on_batch = lease.ref, self._on_batch
+        sessions = self._graphs(lease.ref)
+        ref, on_batch, pick = lease.ref, self._on_batch, self._pick
 
-        def run(inputs: Mapping[str, Tensor], timeout_s: float | None) -> Mapping[str, Tensor]:
+        def run(
+            inputs: Mapping[str, Tensor], timeout_s: float | None, graph: str = MAIN_GRAPH
+        ) -> Mapping[str, Tensor]:
             if timeout_s is not None and timeout_s <= 0:
                 raise BackendTimeoutError(f"{ref.model_name}: the request's deadline passed")
+            session = pick(ref, sessions, graph)
             if on_batch is not None:
                 first = next(iter(inputs.values()), None)
                 on_batch(ref, int(first.shape[0]) if first is not None and first.ndim else 1)
@@ -152,15 +168,19 @@ class EmbeddedBackend:
         return run
 
     async def run(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None = None
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float | None = None,
+        graph: str = MAIN_GRAPH,
     ) -> dict[str, Tensor]:
-        """Run the graph once on a thread (for callers on the event loop, e.g. a fallback).
+        """Run ``graph`` once on a thread (for callers on the event loop, e.g. a fallback).
 
         Raises:
             VariantUnavailableError: ``ref`` is not loaded.
             BackendTimeoutError: ``timeout_s`` passed first.
         """
-        session = self._session(ref)
+        session = self._pick(ref, self._graphs(ref), graph)
         try:
             return await asyncio.wait_for(asyncio.to_thread(session.run, inputs), timeout_s)
         except TimeoutError:

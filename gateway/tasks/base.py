@@ -19,7 +19,7 @@ never knows which runtime served it.
 """
 
 MAIN_GRAPH = "model"
-"""The name of a variant's graph when it has only one."""
+"""The name of a variant's graph when it has only one (``gateway.layout`` re-exports it)."""
 
 
 class RunGraphs(Protocol):
@@ -36,10 +36,21 @@ class RunGraphs(Protocol):
         ...
 
 
+def single_graph(run_graph: RunGraph) -> RunGraphs:
+    """A :class:`RunGraphs` over the one graph of a single-graph variant."""
+
+    def run(inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH) -> Mapping[str, Tensor]:
+        if graph != MAIN_GRAPH:
+            raise KeyError(f"this variant has one graph, {MAIN_GRAPH!r}, not {graph!r}")
+        return run_graph(inputs)
+
+    return run
+
+
 class Task(Protocol):
     """Task-level I/O for one family: items in, results out, through a graph runner."""
 
-    def run(self, items: list[Any], run_graph: RunGraph) -> list[Any]:
+    def run(self, items: list[Any], run_graph: RunGraphs) -> list[Any]:
         """Process a batch of task-level items (images, waveforms, texts) into results."""
         ...
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from gateway.tasks.base import RunGraph, Tensor
+from gateway.tasks.base import MAIN_GRAPH, RunGraph, Tensor
 
 
 def make_session(path: Path, intra_op_threads: int = 1) -> ort.InferenceSession:
@@ -24,7 +24,7 @@ def session_runner(session: ort.InferenceSession) -> RunGraph:
     """Wrap a session as a ``RunGraph`` returning every output by name."""
     output_names = [o.name for o in session.get_outputs()]
 
-    def run(inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    def run(inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH) -> Mapping[str, Tensor]:
         values = session.run(output_names, dict(inputs))
         return dict(zip(output_names, values, strict=True))
 
@@ -34,3 +34,23 @@ def session_runner(session: ort.InferenceSession) -> RunGraph:
 def onnx_graph_runner(path: Path, intra_op_threads: int = 1) -> RunGraph:
     """Open ``path`` and return a ``RunGraph`` for it."""
     return session_runner(make_session(path, intra_op_threads))
+
+
+class GraphSessions:
+    """Runs the graphs of a multi-graph variant by name, one session per graph."""
+
+    def __init__(self, paths: Mapping[str, Path], intra_op_threads: int = 1) -> None:
+        """Open every graph of ``paths`` (graph name → file)."""
+        self.runners = {
+            name: session_runner(make_session(path, intra_op_threads))
+            for name, path in paths.items()
+        }
+
+    def __call__(
+        self, inputs: Mapping[str, Tensor], graph: str = MAIN_GRAPH
+    ) -> Mapping[str, Tensor]:
+        """Run the graph called ``graph`` on ``inputs``."""
+        runner = self.runners.get(graph)
+        if runner is None:
+            raise KeyError(f"no graph named {graph!r}; this variant has {sorted(self.runners)}")
+        return runner(inputs)

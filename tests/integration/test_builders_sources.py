@@ -129,3 +129,36 @@ def test_cli_reports_bad_input_without_traceback(
     assert "model file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         builders_main(["build", "--family", "nosuch"])
+
+
+def test_whisper_builds_from_a_hugging_face_directory(tmp_path: Path) -> None:
+    from tests.support.tiny_whisper import write_tiny_whisper
+
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    write_tiny_whisper(hf_dir)
+    spec = BuildSpec(
+        family="speech",
+        repository=tmp_path / "repo",
+        variants=("fp32", "int8"),
+        max_quality_drop=1000.0,  # random weights: any transcript is as bad as another
+        eval_limit=1,
+        profile=QUICK_PROFILE,
+    )
+    source = ModelSource(kind="directory", path=hf_dir)
+    result = build_family(spec, get_family("speech"), source)
+    manifest = result.manifest
+    assert manifest.source.startswith("directory:hf")
+    assert manifest.graph_names() == ["encoder", "decoder"]
+    for variant in manifest.published():
+        for graph in manifest.graph_names():
+            assert variant.graph_path(tmp_path / "repo", graph).is_file()
+    assert manifest.variant("fp32").parameters < 2_000_000  # the tiny model, not tiny.en
+
+
+def test_a_directory_that_is_no_whisper_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    spec = BuildSpec(family="speech", repository=tmp_path / "repo", variants=("fp32",))
+    with pytest.raises(SourceError, match="not 'whisper'"):
+        build_family(spec, get_family("speech"), ModelSource(kind="directory", path=tmp_path))

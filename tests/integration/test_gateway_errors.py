@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.support.wire import code_of, expected, image_input, objects
+from tests.support.wire import code_of, expected, image_input, objects, wav
 
 
 @dataclass
@@ -51,7 +51,16 @@ CASES = {
         "digits", [("image", "BYTES", objects(b"not a png"))], "INVALID_ARGUMENT", "decode image"
     ),
     "undecodable-audio": Case(
-        "speech", [("audio", "BYTES", objects(b"RIFFjunk"))], "INVALID_ARGUMENT", "WAV"
+        "speech", [("audio", "BYTES", objects(b"RIFFjunk"))], "INVALID_ARGUMENT", "decode audio"
+    ),
+    "empty-audio-file": Case(
+        "speech", [("audio", "BYTES", objects(b""))], "INVALID_ARGUMENT", "empty audio"
+    ),
+    "audio-at-absurd-rate": Case(
+        "speech",
+        [("audio", "BYTES", objects(wav(np.zeros(500, np.float32), rate_hz=500)))],
+        "INVALID_ARGUMENT",
+        "sample rate",
     ),
     "nan-audio": Case(
         "speech",

@@ -5,6 +5,8 @@ Two families with real ONNX graphs that fail inside ONNX Runtime or the task cod
 - ``fragile``: ``fp32`` reshapes by a size computed from its input, so a bright image makes
   ONNX Runtime fail the run (a dark or mid-grey one is fine); ``int8`` always works.
 - ``crooked``: ``fp16`` returns logits of the wrong width for every input; ``fp32`` works.
+- ``murmur`` (two graphs, Whisper's contract): ``fp32``'s encoder fails on sound and runs
+  on silence, which is what a speech health check sends; ``int8`` always works.
 
 Requests routed to a failing variant are run again on the next one, so clients see no
 failure; after three failures in a row the variant is quarantined (a log line, a counter,
@@ -24,6 +26,7 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
+from tests.support import whisper_fixture
 from tests.support.repo_fixture import (
     IMAGE_IN,
     IMAGE_OUT,
@@ -34,7 +37,7 @@ from tests.support.repo_fixture import (
     image_graph,
     write_family,
 )
-from tests.support.wire import Wire, image_input, metric
+from tests.support.wire import Wire, image_input, metric, tone
 
 CHECK_S = 0.5
 
@@ -76,6 +79,43 @@ def input_dependent_graph() -> bytes:
     )
 
 
+def sound_sensitive_encoder() -> bytes:
+    """The fixture's Whisper encoder, failing at run time on a window with sound: its mel is
+    then reshaped to a width (3001) that cannot divide it."""
+    nodes = [
+        helper.make_node("ReduceMax", ["mel"], ["peak"], axes=[1, 2], keepdims=0),
+        helper.make_node("Greater", ["peak", "threshold"], ["loud"]),
+        helper.make_node("Cast", ["loud"], ["flag"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["loud"], ["loud_i"], to=TensorProto.INT64),
+        helper.make_node("ReduceMax", ["loud_i"], ["extra"], axes=[0], keepdims=1),
+        helper.make_node("Add", ["width", "extra"], ["new_width"]),
+        helper.make_node("Concat", ["minus_one", "new_width"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["mel", "shape"], ["reshaped"]),
+        helper.make_node("ReduceSum", ["reshaped"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["flag", "nothing"], ["kept"]),
+        helper.make_node("Reshape", ["kept", "flag_shape"], ["flag5"]),
+        helper.make_node("Expand", ["flag5", "expand"], ["cross_keys"]),
+        helper.make_node("Identity", ["cross_keys"], ["cross_values"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["B", 80, 3000])],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 1, 1, 2, 1])
+            for n in ("cross_keys", "cross_values")
+        ],
+        [
+            _const("threshold", np.array(0.25, np.float32)),
+            _const("width", np.array([3000], np.int64)),
+            _const("minus_one", np.array([-1], np.int64)),
+            _const("zero", np.array(0.0, np.float32)),
+            _const("flag_shape", np.array([-1, 1, 1, 1, 1], np.int64)),
+            _const("expand", np.array([1, 1, 1, 2, 1], np.int64)),
+        ],
+    )
+
+
 @pytest.fixture
 def qgw(tmp_path, gateway_factory):
     repo = tmp_path / "repo"
@@ -104,6 +144,23 @@ def qgw(tmp_path, gateway_factory):
         ],
         IMAGE_IN,
         IMAGE_OUT,
+    )
+    fragile_fp32 = {
+        "encoder": sound_sensitive_encoder(),
+        "decoder": whisper_fixture.decoder_graph(),
+    }
+    write_family(
+        repo,
+        "murmur",
+        "audio-text",
+        whisper_fixture.assets(),
+        [
+            Spec("fp32", fragile_fp32, 99.0, 64, 0.002),
+            Spec("int8", whisper_fixture.graphs(), 95.0, 16, 0.001),
+        ],
+        [],
+        [],
+        graphs=whisper_fixture.graph_specs(),
     )
     return gateway_factory(
         repo, quarantine_check_s=CHECK_S, quarantine_max_check_s=4 * CHECK_S, observed_weight=0.0
@@ -158,6 +215,22 @@ def test_a_failing_variant_is_quarantined_routed_around_and_restored(qgw, caplog
     )
     assert metric(samples, "gateway_variant_quarantined", model="fragile", variant="fp32") == 0
     assert any("passed its health check" in r.getMessage() for r in caplog.records)
+
+
+def test_a_two_graph_variant_is_checked_through_both_of_its_graphs(qgw):
+    wire = Wire("grpc", grpcclient.InferenceServerClient(qgw.grpc_url))
+    silence, sound = np.zeros((1, 8000), np.float32), tone(seconds=1.0)[None, :]
+    assert wire.infer("murmur", [("audio", "FP32", silence)]).variant == "fp32"
+    for _ in range(3):  # fp32's encoder fails on sound; each request runs again on int8
+        result = wire.infer("murmur", [("audio", "FP32", sound)])
+        assert result.variant == "int8" and result.outputs["text"][0] == b"a"
+    assert metric(qgw.scrape(), "gateway_variant_quarantined", model="murmur", variant="fp32") == 1
+    # The health check runs the canned silence through the encoder and then the decoder.
+    _wait(lambda: wire.infer("murmur", [("audio", "FP32", silence)]).variant == "fp32")
+    samples = qgw.scrape()
+    checks = {"model": "murmur", "variant": "fp32"}
+    assert metric(samples, "gateway_variant_health_checks_total", outcome="passed", **checks) == 1
+    assert metric(samples, "gateway_variant_quarantined", **checks) == 0
 
 
 def test_a_variant_failing_its_health_check_stays_out(qgw):

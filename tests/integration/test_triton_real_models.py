@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
-from builders.zoo.speech import corpus
+from builders.zoo.speech import data as speech_data
 from builders.zoo.translation.corpus import read_split
 from gateway.manifest import find_manifests, load_manifest
 from tests.support.triton import python_flavour
@@ -46,8 +46,8 @@ def task_inputs(task: str) -> list[tuple[str, str, np.ndarray]]:
         items = [png(40, size=32), *(jpeg(p) for p in photos)] or [png(200, size=32)]
         return [("image", "BYTES", objects(*items))]
     if task == "audio-text":
-        split = corpus.load_split("eval")
-        return [("audio", "BYTES", objects(*(wav(split.waveform(i)) for i in range(2))))]
+        recordings = speech_data.real_recordings()[5:7]
+        return [("audio", "BYTES", objects(*(wav(u.waveform) for u in recordings)))]
     texts = [pair.en for pair in read_split("heldout")[:2]]
     return [("text", "BYTES", objects(*(t.encode() for t in texts)))]
 

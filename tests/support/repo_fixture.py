@@ -7,7 +7,8 @@ predictable:
 - ``digits`` (image-labels, 8x8 gray): a dark image is labelled "0", a bright one "9".
   Four published variants with distinct quality, memory and (declared) latency profiles plus
   one rejected, so routing decisions are deterministic.
-- ``speech`` (audio-text): silence transcribes to "", sound to "a".
+- ``speech`` (audio-text): two graphs per variant (Whisper's ``encoder`` and ``decoder``,
+  see ``whisper_fixture``); silence transcribes to "", sound to "a".
 - ``translation`` (text-text): a copy model, so the output is the input text.
 - ``busy`` (image-labels): ``fp32`` really costs tens of ms per item and its profile is
   measured when the fixture is built; ``small`` is fast. For load-driven routing.
@@ -33,10 +34,11 @@ import onnxruntime as ort
 import sentencepiece as spm
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.layout import GRAPH_FILES, Runtime, version_dir
+from gateway.layout import GRAPH_FILES, Runtime, graph_model_name, version_dir
 from gateway.manifest import (
     Artifact,
     FamilyManifest,
+    GraphSpec,
     LatencyPoint,
     MetricInfo,
     TensorSpec,
@@ -48,7 +50,6 @@ from gateway.manifest import (
 MIB = 1024 * 1024
 OPSET = 17
 DIGIT_LABELS = [str(i) for i in range(10)]
-SPEECH_VOCABULARY = ["_", " ", "a", "b", "c", "d", "e"]
 TRANSLATION_CORPUS = [
     "hello world",
     "the cat sat on the mat",
@@ -126,27 +127,6 @@ def image_graph(num_labels: int = 10, heavy_rows: int = 0, heavy_layers: int = 0
     )
 
 
-def speech_graph() -> bytes:
-    """features [B,T,80] → log_probs [B,T',V]: silent frames → blank, loud frames → "a"."""
-    vocab = len(SPEECH_VOCABULARY)
-    weight = np.zeros((vocab, 80, 5), np.float32)
-    weight[2] = 0.01
-    bias = np.full(vocab, -5.0, np.float32)
-    bias[0] = 1.0
-    nodes = [
-        helper.make_node("Transpose", ["features"], ["chw"], perm=[0, 2, 1]),
-        helper.make_node("Conv", ["chw", "w", "b"], ["conv"], strides=[2], pads=[2, 2]),
-        helper.make_node("Transpose", ["conv"], ["btv"], perm=[0, 2, 1]),
-        helper.make_node("LogSoftmax", ["btv"], ["log_probs"], axis=-1),
-    ]
-    return _model(
-        nodes,
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", "T", 80])],
-        [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["B", "U", vocab])],
-        [_const("w", weight), _const("b", bias)],
-    )
-
-
 def copy_graph(vocab: int) -> bytes:
     """src_ids [B,S], tgt_ids [B,T] → logits [B,V] preferring src[:, T-1]: it copies."""
     nodes = [
@@ -198,7 +178,8 @@ class Spec:
     """One variant to write: its graph and the numbers the manifest declares."""
 
     name: str
-    graph: bytes
+    graph: bytes | dict[str, bytes]
+    """The one graph, or every graph of a multi-graph variant by name."""
     quality: float
     gpu_memory_mb: float
     p50_s: float
@@ -216,15 +197,29 @@ def write_family(
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
     max_batch_size: int = 8,
+    graphs: list[GraphSpec] | None = None,
 ) -> FamilyManifest:
     variants = []
     for spec in specs:
         name = model_name(family, spec.name)
-        version = version_dir(repo, name)
-        version.mkdir(parents=True, exist_ok=True)
-        (version / GRAPH_FILES[spec.runtime]).write_bytes(spec.graph)
-        for file, content in assets.items():
-            (version / file).write_bytes(content)
+        files = spec.graph if isinstance(spec.graph, dict) else {"model": spec.graph}
+        artifacts = []
+        for graph, content in files.items():
+            directory = name if graph == "model" else graph_model_name(name, graph)
+            version = version_dir(repo, directory)
+            version.mkdir(parents=True, exist_ok=True)
+            path = version / GRAPH_FILES[spec.runtime]
+            path.write_bytes(content)
+            for file, asset in assets.items():
+                (version / file).write_bytes(asset)
+            artifacts.append(
+                Artifact(
+                    path=path.relative_to(repo).as_posix(),
+                    sha256=hashlib.sha256(content).hexdigest(),
+                    size_bytes=len(content),
+                )
+            )
+        size = sum(len(c) for c in files.values())
         variants.append(
             Variant(
                 name=spec.name,
@@ -235,20 +230,14 @@ def write_family(
                 runtime=spec.runtime,
                 precision=spec.precision,  # type: ignore[arg-type]
                 pruning_ratio=0.5 if "pruned" in spec.name else 0.0,
-                artifacts=[
-                    Artifact(
-                        path=(version / GRAPH_FILES[spec.runtime]).relative_to(repo).as_posix(),
-                        sha256=hashlib.sha256(spec.graph).hexdigest(),
-                        size_bytes=len(spec.graph),
-                    )
-                ],
-                size_bytes=len(spec.graph),
-                parameters=len(spec.graph) // 4,
+                artifacts=artifacts,
+                size_bytes=size,
+                parameters=size // 4,
                 metrics={"score": spec.quality},
                 quality=spec.quality,
                 quality_drop=max(0.0, specs[0].quality - spec.quality),
                 latency=points(spec.p50_s, (1, 4, 8) if max_batch_size else (1,)),
-                resident_memory_bytes=len(spec.graph) * 2,
+                resident_memory_bytes=size * 2,
                 gpu_memory_bytes=int(spec.gpu_memory_mb * MIB),
             )
         )
@@ -259,6 +248,7 @@ def write_family(
         max_batch_size=max_batch_size,
         inputs=inputs,
         outputs=outputs,
+        graphs=graphs or [],
         assets=sorted(assets),
         built_at="2026-01-01T00:00:00Z",
         source="tests/support/repo_fixture.py",
@@ -301,17 +291,6 @@ def measure_p50_s(graph: bytes, runs: int = 7) -> float:
         session.run(None, feed)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
-
-
-def _speech_assets() -> dict[str, bytes]:
-    spec = {
-        "features": {},
-        "output_frames": {"kernel": 5, "stride": 2, "padding": 2},
-        "vocabulary": SPEECH_VOCABULARY,
-        "blank_index": 0,
-        "max_duration_s": 10.0,
-    }
-    return {"speech.json": json.dumps(spec).encode()}
 
 
 def _translation_assets(workdir: Path) -> tuple[dict[str, bytes], int]:
@@ -362,15 +341,18 @@ def build_repository(root: Path) -> Path:
         IMAGE_IN,
         IMAGE_OUT,
     )
-    speech = speech_graph()
+    from tests.support import whisper_fixture  # builds its graphs with this module's helpers
+
+    speech = whisper_fixture.graphs()
     write_family(
         repo,
         "speech",
         "audio-text",
-        _speech_assets(),
+        whisper_fixture.assets(),
         [Spec("fp32", speech, 95.0, 64, 0.010), Spec("int8", speech, 93.0, 16, 0.004)],
-        [TensorSpec(name="features", datatype="FP32", dims=[-1, 80])],
-        [TensorSpec(name="log_probs", datatype="FP32", dims=[-1, len(SPEECH_VOCABULARY)])],
+        [],
+        [],
+        graphs=whisper_fixture.graph_specs(),
     )
     assets, vocab = _translation_assets(root)
     copy = copy_graph(vocab)

@@ -28,7 +28,7 @@ from gateway.http import convert as http_convert
 from gateway.limits import Limits, json_depth
 from gateway.taskio import ImageIO, TextIO
 from gateway.tasks.base import TaskInputError
-from gateway.tasks.speech import SpeechTask
+from gateway.tasks.speech import WhisperTask
 from gateway.tasks.vision import decode_image
 from gateway.types import NamedTensor, bytes_array
 from tests.fuzzing import HEADERS, JSON, SEED_IMAGES, SEED_WAVS, grpc_requests, http_bodies, mutated
@@ -176,17 +176,8 @@ def test_image_decoder(image_io, item):
 
 
 @pytest.fixture(scope="module")
-def speech_task(tmp_path_factory) -> SpeechTask:
-    assets = tmp_path_factory.mktemp("speech")
-    spec = {
-        "features": {},
-        "output_frames": {"kernel": 5, "stride": 2, "padding": 2},
-        "vocabulary": ["_", " ", "a"],
-        "blank_index": 0,
-        "max_duration_s": 10.0,
-    }
-    (assets / "speech.json").write_text(json.dumps(spec), encoding="utf-8")
-    return SpeechTask(assets)
+def speech_task() -> WhisperTask:
+    return WhisperTask(ZOO / "speech" / "assets")
 
 
 @FUZZ
@@ -203,11 +194,11 @@ def test_wav_decoder(speech_task, item):
     if not within_limits("audio-text", [item]):
         return
     try:
-        features = speech_task.features(item)
+        windows = speech_task.windows(speech_task.waveform(item))
     except TaskInputError as exc:
         assert str(exc)
         return
-    assert features.ndim == 2 and np.isfinite(features).all()
+    assert windows and all(w.shape == (80, 3000) and np.isfinite(w).all() for w in windows)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,15 @@ import zlib
 
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 from pydantic import ValidationError
 
 from gateway.config import GatewaySettings
 from gateway.errors import InvalidRequestError, LimitExceededError
-from gateway.limits import Limits, image_size, json_depth, wav_seconds
+from gateway.limits import Limits, image_size, json_depth
+from gateway.tasks.audio import audio_seconds
+from gateway.tasks.base import TaskInputError
 
 LIMITS = Limits(
     max_items_per_request=4,
@@ -106,21 +109,25 @@ def test_text_length():
         LIMITS.check_items("text-text", ["ok", "01234567890"])
 
 
-def test_audio_seconds_from_the_sample_count_and_the_wav_header():
+def test_audio_seconds_from_the_sample_count_and_the_file_header():
     LIMITS.check_items("audio-text", [np.zeros(32000, np.float32), wav_bytes(2.0)])
     with pytest.raises(LimitExceededError, match=r"audio 0 is 2.1 s long.*max_audio_s"):
         LIMITS.check_items("audio-text", [np.zeros(33600, np.float32)])
     with pytest.raises(LimitExceededError, match=r"audio 1 is 3.0 s"):
         LIMITS.check_items("audio-text", [wav_bytes(1.0), wav_bytes(3.0)])
-    assert wav_seconds(wav_bytes(1.5, rate_hz=22050, channels=1)) == pytest.approx(1.5, abs=1e-3)
+    assert audio_seconds(wav_bytes(1.5, rate_hz=22050, channels=1)) == pytest.approx(1.5, abs=1e-3)
+    flac = io.BytesIO()
+    soundfile.write(flac, np.zeros(3 * 8000, np.float32), 8000, format="FLAC")
+    with pytest.raises(LimitExceededError, match=r"audio 0 is 3.0 s"):  # any format's header
+        LIMITS.check_items("audio-text", [flac.getvalue()])
 
 
 def test_a_wav_header_overstating_its_data_counts_the_bytes_present():
     data = wav_bytes(1.0)
     header = bytearray(data[:44])
     header[40:44] = struct.pack("<I", 10**9)  # a streaming encoder's "unknown" data size
-    # An upper bound: the header's own bytes count as audio (11 frames here).
-    assert wav_seconds(bytes(header) + data[44:]) == pytest.approx(1.0, abs=0.01)
+    # The length is what the bytes present hold, not what the header claims.
+    assert audio_seconds(bytes(header) + data[44:]) == pytest.approx(1.0, abs=0.01)
 
 
 def test_image_pixels_from_the_header_or_the_tensor_shape():
@@ -142,7 +149,8 @@ def test_a_decompression_bomb_is_refused_from_its_header():
 
 def test_undecodable_items_are_left_to_their_decoder():
     assert image_size(b"not an image") is None
-    assert wav_seconds(b"RIFFjunk") is None
+    with pytest.raises(TaskInputError):
+        audio_seconds(b"RIFFjunk")
     LIMITS.check_items("image-labels", [b"not an image"])
     LIMITS.check_items("audio-text", [b"RIFFjunk"])
     LIMITS.check_items("unknown-task", [object()])

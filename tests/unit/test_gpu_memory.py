@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from builders.gpu_memory import estimate_gpu_memory
+from builders.gpu_memory import estimate_gpu_memory, estimate_variant_gpu_memory
 
 OPSET = 17
 
@@ -78,9 +78,59 @@ def test_an_int8_weight_behind_dequantize_counts_once_at_int8(tmp_path: Path) ->
     assert estimate.activations_bytes == 4 * 64 * 4 + 4 * 256 * 4
 
 
+def test_a_multi_graph_variant_holds_every_weight_and_the_largest_peak(tmp_path: Path) -> None:
+    encoder = mlp(tmp_path / "encoder.onnx")
+    w = numpy_helper.from_array(np.ones((1, 512), np.float32), "w")
+    decoder = _save(
+        tmp_path / "decoder.onnx",
+        [helper.make_node("Mul", ["z", "w"], ["out"])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 512])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 512])],
+        [w],
+    )
+    shapes = {"x": (8, 64), "z": (32, 512)}  # each graph takes its own inputs' shapes
+    parts = [estimate_gpu_memory(g, shapes) for g in (encoder, decoder)]
+    variant = estimate_variant_gpu_memory([encoder, decoder], shapes)
+    assert variant.weights_bytes == sum(p.weights_bytes for p in parts)
+    # The graphs run one after another: the peak is the larger graph's, not their sum.
+    assert parts[1].activations_bytes == 2 * 32 * 512 * 4 > parts[0].activations_bytes
+    assert variant.activations_bytes == parts[1].activations_bytes
+    with pytest.raises(ValueError, match="at least one graph"):
+        estimate_variant_gpu_memory([], shapes)
+
+
 def test_input_shapes_must_match_the_graph(tmp_path: Path) -> None:
     path = mlp(tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="no input shape given for graph input 'x'"):
         estimate_gpu_memory(path, {})
     with pytest.raises(ValueError, match="rank 2"):
         estimate_gpu_memory(path, {"x": (8, 64, 1)})
+
+
+def test_an_op_without_shape_inference_leaves_the_working_directory_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ONNX Runtime's symbolic inference saves the whole model into the working directory when
+    # it cannot finish (here: an operator of a domain it does not know).
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Mystery", ["h"], ["y"], domain="example.unknown"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w],
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("example.unknown", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    estimate = estimate_gpu_memory(tmp_path / "m.onnx", {"x": (2, 4)})
+    assert estimate.weights_bytes == 4 * 4 * 4
+    assert list(cwd.iterdir()) == []

@@ -23,13 +23,14 @@ from builders.spec import BuildSpec
 from builders.triton.model_config import TritonModel, model_config
 from builders.zoo.api import ShapeRange
 from gateway.manifest import TensorSpec
+from gateway.tasks.base import MAIN_GRAPH
 
 NO_TENSORRT = importlib.util.find_spec("tensorrt") is None
 TOKENS = ShapeRange((1, 1), (1, 20), (8, 128))
 
 
 def candidate(name: str, ratio: float = 0.0, precision: str = "fp32") -> Candidate:
-    return Candidate(name, Path(f"{name}.onnx"), precision, pruning_ratio=ratio)
+    return Candidate(name, {MAIN_GRAPH: Path(f"{name}.onnx")}, precision, pruning_ratio=ratio)
 
 
 def test_engines_mirror_the_onnx_rungs_asked_for() -> None:

@@ -66,7 +66,7 @@ def calibration() -> torch.Tensor:
 def test_registry_finds_family() -> None:
     family = get_family("vision")
     assert family is FAMILY
-    assert (family.name, family.task, family.metric.name) == ("vision", "image-labels", "top1")
+    assert (family.name, family.task, family.metric.name) == ("vision", "image-labels", "agreement")
 
 
 def test_weights_match_the_package_model(model: EfficientNetLite) -> None:
@@ -175,15 +175,15 @@ def test_reference_labels_cover_the_eval_set() -> None:
 def test_torch_fp32_agrees_with_its_recorded_labels(model: EfficientNetLite) -> None:
     scores = FAMILY.evaluate(FAMILY.torch_runner(model), limit=40)
     assert scores["images"] == 40
-    assert scores["top1"] >= 100.0 - 100.0 / 40  # at most one near-tie may flip elsewhere
-    assert scores["labelled_top1"] == 100.0
+    assert scores["agreement"] >= 100.0 - 100.0 / 40  # at most one near-tie may flip elsewhere
+    assert scores["top1"] == 100.0
 
 
 def test_onnx_runtime_reproduces_recorded_metrics(onnx_path: Path) -> None:
     scores = FAMILY.evaluate(session_runner(make_session(onnx_path)))
     assert scores["images"] == len(INDEX)
-    assert scores["top1"] == pytest.approx(METRICS["top1_onnx"], abs=ONE_IMAGE)
-    assert scores["labelled_top1"] == METRICS["labelled_top1_onnx"] == 100.0
+    assert scores["agreement"] == pytest.approx(METRICS["agreement_onnx"], abs=ONE_IMAGE)
+    assert scores["top1"] == METRICS["top1_onnx"] == 100.0
 
 
 def test_metric_catches_a_broken_model(model: EfficientNetLite) -> None:
@@ -193,7 +193,7 @@ def test_metric_catches_a_broken_model(model: EfficientNetLite) -> None:
         weight = broken.blocks[8].project.conv.weight
         weight.copy_(weight[torch.randperm(weight.shape[0], generator=torch.Generator())])
     scores = FAMILY.evaluate(FAMILY.torch_runner(broken.eval()), limit=24)
-    assert scores["top1"] < 50.0
+    assert scores["agreement"] < 50.0
 
 
 def test_onnx_matches_torch_for_any_batch(
@@ -300,11 +300,11 @@ def test_family_rejects_other_modules(tmp_path: Path) -> None:
 def test_family_prune_and_recover(model: EfficientNetLite) -> None:
     pruned = FAMILY.prune(model, 0.25)
     assert isinstance(pruned, EfficientNetLite)
-    before = FAMILY.evaluate(FAMILY.torch_runner(pruned), limit=48)["top1"]
+    before = FAMILY.evaluate(FAMILY.torch_runner(pruned), limit=48)["agreement"]
     bn_mean = pruned.blocks[5].project.bn.running_mean.clone()
     recovered = FAMILY.recover(pruned, load_pretrained(), budget_s=15.0)
     assert recovered is pruned and not recovered.training
     torch.testing.assert_close(recovered.blocks[5].project.bn.running_mean, bn_mean)
-    after = FAMILY.evaluate(FAMILY.torch_runner(recovered), limit=48)["top1"]
+    after = FAMILY.evaluate(FAMILY.torch_runner(recovered), limit=48)["agreement"]
     # Far from the fp32 labels on ambiguous photos, but far better than chance (~5 %).
     assert before >= 30.0 and after >= 30.0

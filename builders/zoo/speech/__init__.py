@@ -1,1 +1,1 @@
-"""The speech zoo family: espeak-ng corpus, Conv1d + BiGRU CTC model and its recipe."""
+"""The ``speech`` zoo family: OpenAI Whisper tiny.en."""

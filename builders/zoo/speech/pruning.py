@@ -1,142 +1,156 @@
-"""Structured pruning of :class:`SpeechCTC`: conv channels and GRU hidden units.
+"""Structured pruning of Whisper's MLP hidden units, recovered by distillation from fp32.
 
-A unit's importance is how much signal it sends on: its mean absolute activation on
-calibration audio times the norm of the weights that read it. Removing a conv channel drops
-its filter and the matching input columns of the first GRU; removing a GRU hidden unit drops
-its rows in all three gates (input and recurrent weights, both biases), its recurrent column,
-and the columns that read it in the next GRU layer or the output head. The result is the same
-class built from a smaller :class:`SpeechConfig`.
+Pruning removes ``ratio`` of the hidden units of every encoder and decoder MLP (rows of the
+first projection, columns of the second), so both graphs get smaller and faster. A unit's
+importance is its mean absolute activation on distillation speech times the norm of its
+outgoing weights; the least important go and the others keep their weights. Recovery is
+distillation from the fp32 teacher on espeak-ng speech that no evaluation set contains: a
+few seeded steps of KL divergence between the teacher's and the student's next-token
+distributions along the teacher's own greedy transcripts, plus the mean squared error of the
+encoder outputs.
+
+A layer-wise least-squares refit of the kept units' outgoing weights (to reproduce each
+teacher MLP's output on the same speech) was tried first and dropped: fitted to synthetic
+voices it broke real speech (pruned-25: 276 % WER on the real recordings, with repetition
+loops, against 12 % for plain removal; flite 25 % against 15 %).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+import copy
+from dataclasses import replace
 
 import torch
-from torch import nn
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
 
-from builders.zoo.speech.model import SpeechCTC
+from builders.zoo.speech.model import ResidualAttentionBlock, Whisper
 
-
-def _keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Sorted indices of the ``1 - ratio`` highest scores (at least one)."""
-    count = max(1, round(scores.numel() * (1.0 - ratio)))
-    return torch.topk(scores, count).indices.sort().values
-
-
-def _gate_rows(units: torch.Tensor, hidden: int) -> torch.Tensor:
-    """Rows of the stacked (reset, update, new) gate weights that belong to ``units``."""
-    return torch.cat([units + g * hidden for g in range(3)])
+PROMPT = (50257, 50362)
+EOT = 50256
+MAX_TOKENS = 120
+ROW_STRIDE = 4
+"""Every 4th encoder frame is enough to rank units (neighbouring frames are alike)."""
+LEARNING_RATE = 2e-5
+SEED = 13
 
 
-@torch.no_grad()
-def _activations(
-    model: SpeechCTC, features: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Mean |activation| per conv channel and per GRU output unit (both directions)."""
-    conv_sum = torch.zeros(model.config.conv_channels)
-    gru_sums = [torch.zeros(2 * h) for h in model.config.hidden_sizes]
-    frames = 0
-    for feats in features:
-        x = model.front_end(feats)
-        conv_sum += x.abs().sum(dim=(0, 1))
-        for gru, total in zip(model.gru_layers(), gru_sums, strict=True):
-            x, _ = gru(x)
-            total += x.abs().sum(dim=(0, 1))
-        frames += x.shape[0] * x.shape[1]
-    return conv_sum / frames, [s / frames for s in gru_sums]
+def greedy_tokens(model: Whisper, mel: Tensor) -> Tensor:
+    """The model's own greedy transcript of one window, prompt included: [1, T]."""
+    with torch.no_grad():
+        cross_k, cross_v = model.encode_cross(mel)
+        keys = values = model.empty_cache(1)
+        tokens = list(PROMPT)
+        new = torch.tensor([tokens])
+        for _ in range(MAX_TOKENS):
+            logits, keys, values = model.decode_step(new, keys, values, cross_k, cross_v)
+            token = int(logits[0, -1].argmax())
+            tokens.append(token)
+            if token == EOT:
+                break
+            new = torch.tensor([[token]])
+    return torch.tensor([tokens])
 
 
-def _readers(model: SpeechCTC, layer: int) -> nn.Module:
-    """The module that reads GRU ``layer``'s output: the next GRU or the head."""
-    grus = model.gru_layers()
-    return grus[layer + 1] if layer + 1 < len(grus) else model.head
+def _blocks(model: Whisper) -> list[ResidualAttentionBlock]:
+    blocks = [*model.encoder.blocks, *model.decoder.blocks]
+    return [b for b in blocks if isinstance(b, ResidualAttentionBlock)]
 
 
-def _input_weights(reader: nn.Module) -> list[torch.Tensor]:
-    """Weight matrices whose columns read the input of ``reader``."""
-    if isinstance(reader, nn.GRU):
-        return [_param(reader, "weight_ih_l0"), _param(reader, "weight_ih_l0_reverse")]
-    if isinstance(reader, nn.Linear):
-        return [reader.weight]
-    raise TypeError(f"unexpected module {type(reader).__name__}")
+def _mlp_io(model: Whisper, windows: list[Tensor], transcripts: list[Tensor]) -> list[Tensor]:
+    """Each block's MLP hidden activations (after GELU) on the windows, rows stacked."""
+    blocks = _blocks(model)
+    hidden: list[list[Tensor]] = [[] for _ in blocks]
+    hooks = []
+    for i, block in enumerate(blocks):
+        stride = ROW_STRIDE if i < len(model.encoder.blocks) else 1
+
+        def keep(
+            _: nn.Module, __: tuple[Tensor, ...], out: Tensor, i: int = i, s: int = stride
+        ) -> None:
+            hidden[i].append(out.detach().reshape(-1, out.shape[-1])[::s])
+
+        hooks.append(block.mlp[1].register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            for mel, tokens in zip(windows, transcripts, strict=True):
+                model.logits(mel, tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [torch.cat(h) for h in hidden]
 
 
-def _param(module: nn.Module, name: str) -> torch.Tensor:
-    value = getattr(module, name)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{type(module).__name__}.{name} is not a tensor")
-    return value
-
-
-def _out_norm(weights: list[torch.Tensor]) -> torch.Tensor:
-    """Per-input-column L2 norm over several weight matrices."""
-    return torch.sqrt(sum((w.detach() ** 2).sum(dim=0) for w in weights))  # type: ignore[arg-type]
-
-
-def prune(
-    model: SpeechCTC,
-    ratio: float,
-    features: Sequence[torch.Tensor],
-    conv_ratio: float | None = None,
-) -> SpeechCTC:
-    """Remove ``ratio`` of each GRU layer's hidden units and ``conv_ratio`` of the conv channels.
-
-    Args:
-        model: the module to prune (left unchanged).
-        ratio: fraction of units to remove per GRU layer, in [0, 1).
-        features: calibration batches [B, T, n_mels] used to measure activations.
-        conv_ratio: fraction of the front-end conv's channels to remove; ``ratio`` if None.
-
-    Returns:
-        A new, smaller :class:`SpeechCTC` in eval mode.
-    """
-    conv_ratio = ratio if conv_ratio is None else conv_ratio
-    if not (0.0 <= ratio < 1.0 and 0.0 <= conv_ratio < 1.0):
-        raise ValueError(f"ratios must be in [0, 1), got {ratio} and {conv_ratio}")
-    model = model.eval()
-    conv_act, gru_acts = _activations(model, features)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    # Front-end conv channels, read by the first GRU's input weights.
-    conv_keep = _keep(conv_act * _out_norm(_input_weights(model.gru_layers()[0])), conv_ratio)
-    state["conv.weight"] = state["conv.weight"][conv_keep]
-    state["conv.bias"] = state["conv.bias"][conv_keep]
-    for suffix in ("", "_reverse"):
-        key = f"grus.0.weight_ih_l0{suffix}"
-        state[key] = state[key][:, conv_keep]
-
-    hidden_sizes = []
-    for layer, gru in enumerate(model.gru_layers()):
-        hidden = model.config.hidden_sizes[layer]
-        reader = _readers(model, layer)
-        outgoing = _out_norm(_input_weights(reader))
-        kept_columns = []
-        for direction, suffix in enumerate(("", "_reverse")):
-            units = slice(direction * hidden, (direction + 1) * hidden)
-            recurrent = _out_norm([_param(gru, f"weight_hh_l0{suffix}")])
-            score = gru_acts[layer][units] * torch.sqrt(outgoing[units] ** 2 + recurrent**2)
-            keep = _keep(score, ratio)
-            rows = _gate_rows(keep, hidden)
-            prefix = f"grus.{layer}."
-            for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
-                state[prefix + name + suffix] = state[prefix + name + suffix][rows]
-            hh = prefix + "weight_hh_l0" + suffix
-            state[hh] = state[hh][rows][:, keep]
-            kept_columns.append(keep + direction * hidden)
-        columns = torch.cat(kept_columns)
-        if isinstance(reader, nn.GRU):
-            for suffix in ("", "_reverse"):
-                key = f"grus.{layer + 1}.weight_ih_l0{suffix}"
-                state[key] = state[key][:, columns]
-        else:
-            state["head.weight"] = state["head.weight"][:, columns]
-        hidden_sizes.append(len(kept_columns[0]))
-
-    config = dataclasses.replace(
-        model.config, conv_channels=len(conv_keep), hidden_sizes=tuple(hidden_sizes)
-    )
-    pruned = SpeechCTC(config)
-    pruned.load_state_dict(state)
+def prune(model: Whisper, ratio: float, windows: list[Tensor]) -> Whisper:
+    """A copy of ``model`` with ``ratio`` of every MLP's least important units removed."""
+    if not 0 < ratio < 1:
+        raise ValueError(f"ratio must lie in (0, 1), got {ratio}")
+    transcripts = [greedy_tokens(model, w) for w in windows]
+    activations = _mlp_io(model, windows, transcripts)
+    dims = model.dims
+    kept_audio = round(dims.audio_mlp * (1 - ratio))
+    kept_text = round(dims.text_mlp * (1 - ratio))
+    pruned = Whisper(replace(dims, n_audio_mlp=kept_audio, n_text_mlp=kept_text))
+    state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
+    pruned.load_state_dict(state, strict=False)
+    n_audio = len(model.encoder.blocks)
+    for i, (old, new, h) in enumerate(
+        zip(_blocks(model), _blocks(pruned), activations, strict=True)
+    ):
+        kept = kept_audio if i < n_audio else kept_text
+        up, down = old.mlp[0], old.mlp[2]
+        assert isinstance(up, nn.Linear) and isinstance(down, nn.Linear)
+        importance = h.abs().mean(0) * down.weight.norm(dim=0)
+        units = importance.topk(kept).indices.sort().values
+        new_up, new_down = new.mlp[0], new.mlp[2]
+        assert isinstance(new_up, nn.Linear) and isinstance(new_down, nn.Linear)
+        with torch.no_grad():
+            new_up.weight.copy_(up.weight[units])
+            new_up.bias.copy_(up.bias[units])
+            new_down.weight.copy_(down.weight[:, units])
+            new_down.bias.copy_(down.bias)
     return pruned.eval()
+
+
+def distil(student: Whisper, teacher: Whisper, windows: list[Tensor], steps: int) -> Whisper:
+    """``steps`` seeded steps of logit and encoder-output distillation from ``teacher``."""
+    if steps <= 0 or not windows:
+        return student.eval()
+    generator = torch.Generator().manual_seed(SEED)
+    transcripts = [greedy_tokens(teacher, w) for w in windows]
+    with torch.no_grad():
+        targets = [
+            (teacher.encoder(w), teacher.logits(w, t))
+            for w, t in zip(windows, transcripts, strict=True)
+        ]
+    student = copy.deepcopy(student).train()
+    trainable = [p for n, p in student.named_parameters() if ".mlp." in n]
+    for name, p in student.named_parameters():
+        p.requires_grad_(".mlp." in name)
+    optimiser = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.0)
+    for _ in range(steps):
+        i = int(torch.randint(len(windows), (1,), generator=generator))
+        audio_target, logit_target = targets[i]
+        audio = student.encoder(windows[i])
+        cross_k, cross_v = student_cross(student, audio)
+        empty = student.empty_cache(1)
+        logits, _, _ = student.decode_step(transcripts[i], empty, empty, cross_k, cross_v)
+        kl = F.kl_div(
+            F.log_softmax(logits[0], -1),
+            F.log_softmax(logit_target[0], -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        loss = kl + F.mse_loss(audio, audio_target)
+        optimiser.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student.eval()
+
+
+def student_cross(model: Whisper, audio: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-attention keys and values from already-encoded audio."""
+    pairs = [block.cross_kv(audio) for block in model.decoder.layers()]
+    return torch.stack([k for k, _ in pairs], 1), torch.stack([v for _, v in pairs], 1)

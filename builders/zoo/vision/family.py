@@ -1,9 +1,11 @@
 """The ``vision`` zoo family: EfficientNet-Lite0 (ImageNet weights from pip) → ImageNet labels.
 
-No ImageNet images are available offline, so the metric is ``top1``: the percentage of the
-committed natural eval images on which a variant's top-1 label equals the fp32 model's
-(recorded in ``checkpoint/reference_labels.json``). ``labelled_top1`` scores the uncropped
-photos whose content has an ImageNet class against the classes that name them.
+No ImageNet images are available offline, so the primary metric is ``agreement`` (fidelity
+to fp32, not accuracy): the percentage of the committed natural eval images on which a
+variant's top-1 label equals the fp32 model's (recorded in
+``checkpoint/reference_labels.json``). ``top1`` is accuracy, on the few uncropped photos
+whose content has an ImageNet class, against the classes that name them. The source model's
+published ImageNet top-1 is 75.1 % (EfficientNet-Lite0, float).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class VisionFamily(FamilyBase):
 
     name = "vision"
     task = "image-labels"
-    metric = MetricSpec("top1", higher_is_better=True)
+    metric = MetricSpec("agreement", higher_is_better=True)
     assets_dir = data.ASSETS_DIR
     recover_budget_s = 0.0
     """Pruning's least-squares refit is the recovery. Distilling on crops and dead-leaves
@@ -103,7 +105,7 @@ class VisionFamily(FamilyBase):
         return {entry.file: label for entry, label in zip(index, labels, strict=True)}
 
     def evaluate(self, run_graph: RunGraph, limit: int | None = None) -> dict[str, float]:
-        """``top1`` agreement with fp32 and ``labelled_top1`` (percent) on the eval images."""
+        """``agreement`` with fp32 and ``top1`` on the labelled photos (percent)."""
         return self.score(self.predict(run_graph, limit), self.reference_labels())
 
     @staticmethod
@@ -113,8 +115,8 @@ class VisionFamily(FamilyBase):
         agree = sum(label == reference[file] for file, label in predicted.items())
         correct = sum(predicted[e.file] in e.accepted for e in labelled)
         return {
-            "top1": percent(agree, len(predicted)),
-            "labelled_top1": percent(correct, len(labelled)),
+            "agreement": percent(agree, len(predicted)),
+            "top1": percent(correct, len(labelled)),
             "images": float(len(predicted)),
         }
 
@@ -140,8 +142,8 @@ class VisionFamily(FamilyBase):
             log(f"{entry.file}: {reference[entry.file]} ({verdict})")
         metrics = {
             **torch_metrics,
+            "agreement_onnx": onnx_metrics["agreement"],
             "top1_onnx": onnx_metrics["top1"],
-            "labelled_top1_onnx": onnx_metrics["labelled_top1"],
             "labelled_images": float(len(labelled)),
             "parameters": float(count_parameters(model)),
         }
@@ -149,7 +151,10 @@ class VisionFamily(FamilyBase):
         (out_dir / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=1) + "\n")
         (out_dir / REFERENCE_FILE).write_text(json.dumps(reference, indent=1) + "\n")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        log(f"top1 {metrics['top1']:.1f} (torch), {metrics['top1_onnx']:.1f} (ONNX Runtime)")
+        log(
+            f"agreement {metrics['agreement']:.1f} (torch), "
+            f"{metrics['agreement_onnx']:.1f} (ONNX Runtime)"
+        )
         return metrics
 
     def export_onnx(self, module: nn.Module, path: Path) -> None:

@@ -23,7 +23,7 @@ from gateway.backends.triton.telemetry import TritonTelemetry
 from gateway.faults import BreakerPolicy
 from gateway.layout import Runtime, runtime_of
 from gateway.metrics import GatewayMetrics
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import MAIN_GRAPH, Tensor
 
 
 class TritonBackend:
@@ -154,6 +154,10 @@ class TritonBackend:
             VariantUnavailableError: The healthy servers cannot load it (or lack it).
         """
         await self.start()
+        if ref.graphs:  # its graphs are Triton models of their own, placed as one
+            models = tuple(g.model_name for g in ref.graphs)
+            for replica in self.fleet:
+                replica.graphs[ref.model_name] = models
         await self.placement.register(ref)
         fallback = self._fallback_for(ref)
         if fallback is not None:
@@ -192,10 +196,14 @@ class TritonBackend:
         return depth
 
     async def run(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None = None
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float | None = None,
+        graph: str = MAIN_GRAPH,
     ) -> dict[str, Tensor]:
-        """Run on the least busy healthy replica; fail over within the same deadline."""
-        return await self.scheduler.run(ref, inputs, timeout_s, prefer="")
+        """Run ``graph`` on the least busy healthy replica; fail over within the deadline."""
+        return await self.scheduler.run(ref, inputs, timeout_s, prefer="", graph=graph)
 
     # -- placement and leases --------------------------------------------------------------
 
@@ -222,10 +230,16 @@ class TritonBackend:
         self.scheduler.release(lease)
 
     async def run_leased(
-        self, lease: Lease, inputs: Mapping[str, Tensor], timeout_s: float | None = None
+        self,
+        lease: Lease,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float | None = None,
+        graph: str = MAIN_GRAPH,
     ) -> dict[str, Tensor]:
-        """Run on the lease's server while it serves the variant; else as :meth:`run`."""
-        return await self.scheduler.run(lease.ref, inputs, timeout_s, prefer=lease.holder)
+        """Run ``graph`` on the lease's server while it serves the variant; else as ``run``."""
+        return await self.scheduler.run(
+            lease.ref, inputs, timeout_s, prefer=lease.holder, graph=graph
+        )
 
     def graph_runner(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> GraphRunner:
         """Run the lease's graph from a worker thread, through this backend on ``loop``."""

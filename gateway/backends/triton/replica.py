@@ -55,6 +55,9 @@ class Replica:
         """
         self.url = url
         self.metrics_url = metrics_url
+        self.graphs: dict[str, tuple[str, ...]] = {}
+        """Variants of several graphs → their graphs' Triton models (shared by the fleet):
+        such a variant is loaded here when every one of them is."""
         self._healthy = False
         self._last_error = ""
         self._on_idle = on_idle
@@ -286,27 +289,43 @@ class Replica:
         return bool(await self.client().is_server_live(client_timeout=timeout_s))
 
     async def repository_index(self, timeout_s: float) -> dict[str, str]:
-        """Every model of the server's repository → its state ("" when never loaded)."""
+        """Every model of the server's repository → its state ("" when never loaded).
+
+        A variant of several graphs is listed under its own name too: READY when all its
+        graphs are, else the state of the first that is not.
+        """
         index = await self.client().get_model_repository_index(client_timeout=timeout_s)
-        return {m.name: m.state for m in index.models}
+        states = {m.name: m.state for m in index.models}
+        for variant, graphs in self.graphs.items():
+            pending = [states.get(g, "") for g in graphs if states.get(g, "") != "READY"]
+            states[variant] = pending[0] if pending else "READY"
+        return states
 
     async def read_instances(self, name: str, timeout_s: float) -> None:
         """Model instances executing in parallel, from the model's config (default 1)."""
         try:
-            config = await self.client().get_model_config(name, client_timeout=timeout_s)
+            model = self.graphs.get(name, (name,))[0]
+            config = await self.client().get_model_config(model, client_timeout=timeout_s)
             self._instances[name] = max(1, sum(g.count for g in config.config.instance_group))
         except InferenceServerException:
             self._instances[name] = 1
 
     async def load_model(self, name: str, explicit: bool, timeout_s: float) -> bool:
-        """Ask Triton to load ``name`` (explicit model control); True once it is ready."""
-        if explicit:
-            await self.client().load_model(name, client_timeout=timeout_s)
-        return bool(await self.client().is_model_ready(name, client_timeout=timeout_s))
+        """Ask Triton to load ``name`` (explicit model control); True once it is ready.
+
+        A variant of several graphs loads every graph's model; it is ready when all are.
+        """
+        ready = True
+        for model in self.graphs.get(name, (name,)):
+            if explicit:
+                await self.client().load_model(model, client_timeout=timeout_s)
+            ready &= bool(await self.client().is_model_ready(model, client_timeout=timeout_s))
+        return ready
 
     async def unload_model(self, name: str, timeout_s: float, clock: Callable[[], float]) -> None:
         """Unload ``name`` and wait until Triton has released it (it unloads in background)."""
-        await self.client().unload_model(name, client_timeout=timeout_s)
+        for model in self.graphs.get(name, (name,)):
+            await self.client().unload_model(model, client_timeout=timeout_s)
         deadline = clock() + timeout_s
         while clock() < deadline:
             states = await self.repository_index(max(timeout_s, 5.0))
@@ -315,9 +334,14 @@ class Replica:
             await asyncio.sleep(0.02)
 
     async def infer(
-        self, name: str, inputs: Mapping[str, Tensor], timeout_s: float, now_s: float
+        self,
+        name: str,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float,
+        now_s: float,
+        model: str | None = None,
     ) -> dict[str, Tensor]:
-        """Run ``name`` once here.
+        """Run ``name`` once here (``model``: the Triton model of one of its graphs).
 
         Raises:
             ServerDownError: The server was marked down while the call was in flight.
@@ -333,7 +357,7 @@ class Replica:
         self._last_used_s[name] = now_s
         # Its own task, so marking the server down can cancel just this call.
         call = asyncio.ensure_future(
-            self.client().infer(name, infer_inputs, client_timeout=timeout_s)
+            self.client().infer(model or name, infer_inputs, client_timeout=timeout_s)
         )
         self._calls.add(call)
         try:

@@ -39,7 +39,7 @@ from gateway.backends.triton.telemetry import FALLBACK, TritonTelemetry
 from gateway.errors import BackendTimeoutError, VariantUnavailableError
 from gateway.faults import BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.metrics import GatewayMetrics
-from gateway.tasks.base import Tensor
+from gateway.tasks.base import MAIN_GRAPH, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,12 @@ class Scheduler:
         return self._least_busy(ref, skip=frozenset(tried))
 
     async def run(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float | None, prefer: str
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, Tensor],
+        timeout_s: float | None,
+        prefer: str,
+        graph: str = MAIN_GRAPH,
     ) -> dict[str, Tensor]:
         """Run on ``prefer`` while it serves ``ref``, else the least busy replica, failing over.
 
@@ -182,6 +187,7 @@ class Scheduler:
             VariantUnavailableError: No server holds ``ref`` and none can load it.
         """
         name = ref.model_name
+        model = ref.graph_file(graph).model_name
         clock = self.fleet.clock
         deadline = clock() + (self.default_timeout_s if timeout_s is None else timeout_s)
         tried: set[str] = set()
@@ -193,7 +199,7 @@ class Scheduler:
             replica = self._pick(ref, tried, prefer)
             if replica is None:
                 if self.fallback_ready(ref):
-                    return await self._run_fallback(ref, inputs, remaining)
+                    return await self._run_fallback(ref, inputs, remaining, graph)
                 # Nothing holds it now (a server died, or it was evicted between two graph
                 # calls of this request): load it again if any server is up, within the
                 # deadline.
@@ -211,7 +217,7 @@ class Scheduler:
             breaker = self.breakers[replica.url]
             breaker.allow()  # claims the trial of a half-open circuit
             try:
-                outputs = await replica.infer(name, inputs, remaining, clock())
+                outputs = await replica.infer(name, inputs, remaining, clock(), model)
             except ServerDownError:  # the health monitor's business, not the breaker's
                 breaker.undecided()
                 last = VariantUnavailableError(f"Triton {replica.url} went down during {name}")
@@ -255,11 +261,11 @@ class Scheduler:
         return to_gateway_error(exc, name)
 
     async def _run_fallback(
-        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float
+        self, ref: ModelRef, inputs: Mapping[str, Tensor], timeout_s: float, graph: str
     ) -> dict[str, Tensor]:
         assert self.fallback is not None
         try:
-            outputs = await self.fallback.run(ref, inputs, timeout_s)
+            outputs = await self.fallback.run(ref, inputs, timeout_s, graph)
         except Exception:
             self.telemetry.run(FALLBACK, ref.model_name, "error")
             raise
