@@ -384,6 +384,7 @@ def _variant_entry(
         quality=round(quality, 4),
         quality_drop=round(drop, 4),
         latency=m.latency,
+        size_latency=m.sizes.points,
         resident_memory_bytes=m.resident_bytes,
         gpu_memory_bytes=m.gpu.total_bytes,
         gpu_memory_source=m.gpu.source,
@@ -453,6 +454,8 @@ def build_family(
                 name=family.metric.name, higher_is_better=family.metric.higher_is_better
             ),
             max_batch_size=spec.max_batch_size,
+            size_unit=measured["fp32"].sizes.unit,
+            profiled_item_size=measured["fp32"].sizes.profiled_item_size,
             inputs=inputs,
             outputs=outputs,
             graphs=graphs,

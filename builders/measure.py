@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builders.gpu_memory import estimate_variant_gpu_memory
-from builders.profile import measure_resident_memory, profile_latency
+from builders.profile import (
+    measure_resident_memory,
+    profile_latency,
+    profile_sizes,
+    profiled_item_size,
+)
 from builders.spec import BuildSpec, ProfileSettings
 from builders.zoo.api import ShapeRange, ZooFamily
 from gateway.layout import Runtime
-from gateway.manifest import LatencyPoint
+from gateway.manifest import LatencyPoint, SizePoint
+from gateway.taskio import TASK_IO
 from gateway.tasks.base import MAIN_GRAPH, RunGraphs, single_graph
 from gateway.tasks.onnx_runner import GraphSessions
 
@@ -72,6 +78,16 @@ class GpuMemory:
 
 
 @dataclass(frozen=True)
+class SizeProfile:
+    """Latency against item size, for a task whose items differ in cost (see the manifest)."""
+
+    unit: str | None = None
+    """The manifest's ``size_unit``; None: every item costs the same, nothing was timed."""
+    points: list[SizePoint] = field(default_factory=list)
+    profiled_item_size: float | None = None
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Everything measured about one candidate."""
 
@@ -79,6 +95,7 @@ class Measurement:
     latency: list[LatencyPoint]
     resident_bytes: int
     gpu: GpuMemory
+    sizes: SizeProfile
 
 
 def largest_shapes(ranges: Mapping[str, ShapeRange]) -> dict[str, tuple[int, ...]]:
@@ -94,6 +111,18 @@ def profile_settings(spec: BuildSpec, family: ZooFamily) -> ProfileSettings:
     """
     own: ProfileSettings | None = getattr(family, "profile_settings", None)
     return own if own is not None and spec.profile == ProfileSettings() else spec.profile
+
+
+def _size_profile(
+    run_graph: RunGraphs, family: ZooFamily, items: list[Any], settings: ProfileSettings
+) -> SizeProfile:
+    io_type = TASK_IO.get(family.task)
+    if io_type is None or io_type.size_unit is None:
+        return SizeProfile()
+    item_size = io_type(family.assets_dir).item_size
+    task = family.make_task(family.assets_dir)
+    points = profile_sizes(run_graph, task, items, item_size, settings)
+    return SizeProfile(io_type.size_unit, points, profiled_item_size(items, item_size))
 
 
 def _runners(candidate: Candidate, settings: ProfileSettings) -> tuple[RunGraphs, RunGraphs]:
@@ -155,5 +184,6 @@ def measure(
     progress(f"{family.name}: profiling {candidate.name}")
     task = family.make_task(family.assets_dir)
     latency = profile_latency(profiled, task, items, settings, spec.max_batch_size)
+    sizes = _size_profile(profiled, family, items, settings)
     resident, gpu = _memory(candidate, family, ranges, workdir)
-    return Measurement(metrics, latency, resident, gpu)
+    return Measurement(metrics, latency, resident, gpu, sizes)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from builders.spec import ProfileSettings
-from gateway.manifest import LatencyPoint
+from gateway.manifest import LatencyPoint, SizePoint
 from gateway.tasks.base import MAIN_GRAPH, RunGraphs, Task, Tensor
 
 
@@ -62,6 +62,34 @@ class GraphClock:
             self.seconds += time.perf_counter() - start
 
 
+PROFILED_ITEMS = 16
+"""Sample items behind every batch and concurrency point (the same ones at every point)."""
+
+SIZE_BINS = 4
+"""Groups of sample items, by size, behind the size curve."""
+
+
+def _requests(items: list[Any], batch: int) -> list[list[Any]]:
+    """The requests timed at ``batch``.
+
+    Real items, not one repeated input, taken in turn from the same first
+    :data:`PROFILED_ITEMS` at every batch size, so the points compare.
+    """
+    pool = items[:PROFILED_ITEMS]
+    return [
+        [pool[(i * batch + j) % len(pool)] for j in range(batch)] for i in range(PROFILED_ITEMS)
+    ]
+
+
+def profiled_item_size(items: list[Any], item_size: Callable[[Any], float]) -> float:
+    """The item size the batch points stand for.
+
+    The median size of the items behind them: a p50 over items in turn is about the median
+    item's time.
+    """
+    return float(np.median([item_size(request[0]) for request in _requests(items, 1)]))
+
+
 def _point(
     task: Task,
     run_graph: RunGraphs,
@@ -70,8 +98,7 @@ def _point(
     threads: int,
     settings: ProfileSettings,
 ) -> LatencyPoint:
-    # Cycle through the sample items so every request is real data, not one repeated input.
-    requests = [[items[(i * batch + j) % len(items)] for j in range(batch)] for i in range(16)]
+    requests = _requests(items, batch)
     for r in requests[: settings.warmup_runs]:
         task.run(r, run_graph)
 
@@ -135,6 +162,43 @@ def profile_latency(
         for threads in settings.concurrency_levels
         if threads > 1
     ]
+    return points
+
+
+def _single_items_in_turn(
+    task: Task, run_graph: RunGraphs, chosen: list[Any], settings: ProfileSettings
+) -> list[float]:
+    turn = 0
+
+    def one() -> None:
+        nonlocal turn
+        task.run([chosen[turn % len(chosen)]], run_graph)
+        turn += 1
+
+    return _timed_loop(one, settings)
+
+
+def profile_sizes(
+    run_graph: RunGraphs,
+    task: Task,
+    items: list[Any],
+    item_size: Callable[[Any], float],
+    settings: ProfileSettings,
+) -> list[SizePoint]:
+    """Time single items (batch 1, concurrency 1) against their size, for size-aware routing.
+
+    The items are sorted by size and cut into :data:`SIZE_BINS` groups of equal count; each
+    group is timed with its items in turn, and its point stands at the group's median size
+    (where the p50 of items in turn falls). Run after :func:`profile_latency`, on warm graphs.
+    """
+    sizes = np.asarray([item_size(item) for item in items], dtype=np.float64)
+    order = np.argsort(sizes, kind="stable")
+    points: list[SizePoint] = []
+    for group in np.array_split(order, min(SIZE_BINS, len(items))):
+        samples = _single_items_in_turn(task, run_graph, [items[i] for i in group], settings)
+        p50, p95, _ = _percentiles(samples)
+        size = float(np.median(sizes[group]))
+        points.append(SizePoint(size=size, runs=len(samples), p50_s=p50, p95_s=p95))
     return points
 
 

@@ -91,7 +91,7 @@ class LatencyPoint(_Strict):
 class SizePoint(_Strict):
     """Latency at batch 1, concurrency 1 of items of about one size (see ``size_unit``)."""
 
-    size: float = Field(ge=0, description="Mean item size of the items behind this point.")
+    size: float = Field(ge=0, description="Median item size of the items behind this point.")
     runs: int = Field(ge=1, description="Timed runs behind the percentiles.")
     p50_s: float = Field(ge=0)
     p95_s: float = Field(ge=0)
@@ -209,7 +209,7 @@ class FamilyManifest(_Strict):
     profiled_item_size: float | None = Field(
         default=None,
         ge=0,
-        description="Mean item size of the items behind the latency points, in size_unit.",
+        description="Median item size of the items behind the latency points, in size_unit.",
     )
     inputs: list[TensorSpec] = Field(description="The single graph's inputs (empty with graphs).")
     outputs: list[TensorSpec] = Field(description="The single graph's outputs (empty with graphs).")

@@ -44,6 +44,8 @@ class TaskIO(Protocol):
 
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    size_unit: str | None
+    """What :meth:`item_size` counts (the manifest's ``size_unit``); None: items cost alike."""
 
     def items(self, inputs: Mapping[str, NamedTensor]) -> list[Any]:
         """Check the request's tensors and split them into task items (no heavy decoding)."""
@@ -117,6 +119,7 @@ class ImageIO:
         TensorInfo("labels", "BYTES", (-1, -1)),
         TensorInfo("scores", "FP32", (-1, -1)),
     )
+    size_unit: str | None = None
 
     def __init__(self, assets_dir: Path) -> None:
         """Load the image task from a variant's assets."""
@@ -179,6 +182,7 @@ class AudioIO:
 
     inputs: tuple[TensorInfo, ...] = (TensorInfo("audio", "FP32", (-1, -1)),)
     outputs: tuple[TensorInfo, ...] = (TensorInfo("text", "BYTES", (-1,)),)
+    size_unit: str | None = "audio_seconds"
 
     def __init__(self, assets_dir: Path) -> None:
         """Load the speech task from a variant's assets."""
@@ -230,6 +234,7 @@ class TextIO:
 
     inputs: tuple[TensorInfo, ...] = (TensorInfo("text", "BYTES", (-1,)),)
     outputs: tuple[TensorInfo, ...] = (TensorInfo("text", "BYTES", (-1,)),)
+    size_unit: str | None = "source_tokens"
 
     def __init__(self, assets_dir: Path) -> None:
         """Load the translation task from a variant's assets."""

@@ -16,7 +16,7 @@ from builders.triton.model_config import parse_config
 from builders.triton.server import TritonServer
 from builders.zoo.registry import get_family
 from gateway.layout import graph_model_name
-from gateway.manifest import find_manifests, load_manifest
+from gateway.manifest import FamilyManifest, find_manifests, load_manifest
 from gateway.tasks.onnx_runner import GraphSessions, onnx_graph_runner
 from tests.support.quick_repository import EVAL_LIMIT, FAMILIES, VARIANTS
 
@@ -39,6 +39,7 @@ def test_every_family_has_a_valid_manifest_and_report(quick_repository: Path) ->
             for point in v.latency:
                 # Per request the graph's share is part of the whole, so its median is too.
                 assert point.graph_p50_s is not None and 0 < point.graph_p50_s <= point.p50_s
+        _check_size_profile(manifest)
         report = (quick_repository / f"{family}.report.md").read_text()
         for v in manifest.variants:
             assert f"| {v.name} |" in report
@@ -50,6 +51,24 @@ def test_every_family_has_a_valid_manifest_and_report(quick_repository: Path) ->
             assert "No pruning ratio stayed within the quality budget." in report
         png = (quick_repository / f"{family}.pareto.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+SIZE_UNITS = {"translation": "source_tokens", "speech": "audio_seconds"}
+
+
+def _check_size_profile(manifest: FamilyManifest) -> None:
+    """Families whose items differ in cost are timed against size; the others are not."""
+    unit = SIZE_UNITS.get(manifest.family)
+    assert manifest.size_unit == unit
+    for v in manifest.variants:
+        if unit is None:
+            assert not v.size_latency and manifest.profiled_item_size is None
+            continue
+        sizes = [p.size for p in v.size_latency]
+        assert len(sizes) >= 2 and sizes == sorted(sizes) and sizes[0] < sizes[-1]
+        assert sizes[0] <= (manifest.profiled_item_size or 0) <= sizes[-1]
+        # The largest items take longer than the smallest, whatever the noise between.
+        assert v.size_latency[-1].p50_s > v.size_latency[0].p50_s
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
