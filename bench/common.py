@@ -26,11 +26,22 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
+from gateway.manifest import manifest_path
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 """gRPC channel arguments giving each client its own connection (no shared subchannel), so
 connections spread over the gateway's worker processes."""
+
+
+def family_subset(repository: Path, family: str, out: Path) -> Path:
+    """A repository holding only ``family`` (links), so nothing else loads or competes."""
+    out.mkdir()
+    (out / f"{family}.manifest.json").symlink_to(manifest_path(repository, family))
+    for variant_dir in repository.glob(f"{family}__*"):
+        (out / variant_dir.name).symlink_to(variant_dir)
+    return out
 
 
 def sample_request(

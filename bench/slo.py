@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, ROOT, command_line, machine, start_gateway, write_results
+from common import (
+    RESULTS,
+    ROOT,
+    command_line,
+    family_subset,
+    machine,
+    start_gateway,
+    write_results,
+)
 from slo_load import Item, closed_loop, replay, sequential_latency_s
 from slo_report import plot, score_policy, table, timeline
 from slo_trace import BURST_HIGH, DEFAULT_PHASES, BudgetClass, Phase, make_trace
@@ -76,15 +84,6 @@ def _digits_items(limit: int) -> list[Item]:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(buffer, "PNG")
         out.append(("image", "BYTES", np.array([buffer.getvalue()], dtype=object)))
-    return out
-
-
-def family_subset(repository: Path, family: str, out: Path) -> Path:
-    """A repository holding only ``family`` (links), so nothing else loads or competes."""
-    out.mkdir()
-    (out / f"{family}.manifest.json").symlink_to(manifest_path(repository, family))
-    for variant_dir in repository.glob(f"{family}__*"):
-        (out / variant_dir.name).symlink_to(variant_dir)
     return out
 
 

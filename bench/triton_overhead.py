@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from common import command_line, interleaved, sample_request, start_gateway, throughput
+from common import (
+    command_line,
+    family_subset,
+    interleaved,
+    sample_request,
+    start_gateway,
+    throughput,
+)
 from tritonclient.utils import np_to_triton_dtype
 
 from builders.triton.flavour import write_python_flavour
@@ -49,15 +56,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DIRECT = "Triton direct, tensors"
 DIRECT_TASK = "Triton direct + task code"
-
-
-def family_subset(repository: Path, family: str, out: Path) -> Path:
-    """A repository holding only ``family`` (links), so nothing else loads."""
-    out.mkdir()
-    (out / f"{family}.manifest.json").symlink_to(manifest_path(repository, family))
-    for variant_dir in repository.glob(f"{family}__*"):
-        (out / variant_dir.name).symlink_to(variant_dir)
-    return out
 
 
 def direct_graph_runner(url: str, model: str) -> Callable[[Mapping[str, np.ndarray]], Any]:
