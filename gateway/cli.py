@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -75,6 +76,9 @@ async def serve_until_signalled(
     """
     gateway = Gateway(settings, table=table)
     await gateway.start()
+    # What start-up allocated (sessions, manifests, modules) lives as long as the process:
+    # frozen out of the collector's sight, the collections requests trigger skip it.
+    gc.freeze()
     if on_listening is not None:
         on_listening(gateway)
     stop = asyncio.Event()
