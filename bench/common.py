@@ -1,8 +1,9 @@
 """What the benchmarks share: sample requests, a gateway launcher, timing loops, reports.
 
-Latency is measured one request at a time with the paths taking turns (so every path sees
-the same background load); throughput with many closed-loop clients for a fixed time, in
-client processes of their own so the client's interpreter does not cap the server's rate.
+Latency is measured one request at a time with the paths taking turns in a shuffled order
+(so every path sees the same background load); throughput with many closed-loop clients for
+a fixed time, in client processes of their own so the client's interpreter does not cap the
+server's rate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import subprocess
 import sys
 import threading
@@ -81,16 +83,21 @@ def interleaved(calls: dict[str, Callable[[], None]], requests: int, warmup: int
     """Latency of each path, one request at a time, the paths taking turns.
 
     Taking turns exposes every path to the same background load, which on a shared machine
-    moves more than the differences being measured.
+    moves more than the differences being measured. The order is shuffled every round
+    (seeded): a call into a process that has just idled while others ran pays its wake-up,
+    and in a fixed order the same paths would always pay it.
     """
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {label: [] for label in calls}
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
     for _ in range(requests):
-        for label, call in calls.items():
+        shuffle(order)
+        for label in order:
             start = time.perf_counter()
-            call()
+            calls[label]()
             samples[label].append(time.perf_counter() - start)
     return {label: percentiles_ms(s) for label, s in samples.items()}
 

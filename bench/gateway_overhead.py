@@ -229,8 +229,8 @@ def report(
             "",
             f"{task}, one item per request; {where} at the end; clients, gateway and floors "
             f"share the machine. Latency: {args.requests} sequential requests per path after "
-            "warm-up, the wire paths taking turns (the in-process task measured first, "
-            "alone). Throughput: the best of "
+            "warm-up, the wire paths taking turns in a shuffled order (the in-process task "
+            "measured first, alone). Throughput: the best of "
             f"{args.clients} closed-loop clients (two client processes, a connection each), "
             f'{args.duration_s:g} s each. "Gateway adds" is its latency minus the floor\'s '
             "and the in-process task's.",
