@@ -44,7 +44,7 @@ class ServiceFit:
         tail: p95 over p50 at batch 1, idle: how much slower a slow run is.
         size_curve: ``(size, p50_s)`` at batch 1, ascending in size: how an item's cost
             grows with its size (empty: sizes not profiled).
-        profiled_size: Mean item size of the items behind the batch points.
+        profiled_size: The item size the batch points stand for (``profiled_item_size``).
         contention: ``(concurrency, slowdown)`` pairs, ascending: how much slower a run is
             with that many runs executing at once (1.0 at concurrency 1).
     """
@@ -124,14 +124,16 @@ def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 
 def fit_profile(
-    points: Sequence[LatencyPoint], sizes: Sequence[SizePoint] = (), mean_size: float | None = None
+    points: Sequence[LatencyPoint],
+    sizes: Sequence[SizePoint] = (),
+    profiled_size: float | None = None,
 ) -> ServiceFit | None:
     """Fit the service-time model to a variant's profile; None without batch-1 points.
 
     Args:
         points: Latency points; those at concurrency 1 are used.
         sizes: Latency at batch 1 against item size, if the family measured it.
-        mean_size: Mean item size of the items behind ``points``.
+        profiled_size: The item size ``points`` stand for (``profiled_item_size``).
     """
     single = sorted((p for p in points if p.concurrency == 1), key=lambda p: p.batch_size)
     if not single:
@@ -152,8 +154,8 @@ def fit_profile(
         fixed_s=fixed_s,
         per_row_s=per_row_s,
         tail=max(1.0, tail),
-        size_curve=curve if len(curve) >= 2 and mean_size else (),
-        profiled_size=mean_size if len(curve) >= 2 and mean_size else None,
+        size_curve=curve if len(curve) >= 2 and profiled_size else (),
+        profiled_size=profiled_size if len(curve) >= 2 and profiled_size else None,
         contention=_monotone(contention),
     )
 

@@ -64,5 +64,5 @@ def test_routing_predicts_from_the_size_profile_a_long_item_long_and_a_short_one
         p99_s=short.p95_s,
         throughput_per_s=1 / short.p50_s,
     )
-    fit = fit_profile([alone], points, mean_size=2.0)
+    fit = fit_profile([alone], points, profiled_size=2.0)
     assert fit.p50_s(1, 20.0) > 3 * fit.p50_s(1, 2.0)

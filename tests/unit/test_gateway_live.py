@@ -54,7 +54,7 @@ def test_size_scales_the_per_row_cost():
         SizePoint(size=s, runs=5, p50_s=0.001 + 0.002 * s, p95_s=0.0015 + 0.003 * s)
         for s in (1.0, 4.0, 8.0)
     ]
-    fit = fit_profile([point(1, 0.009)], sizes, mean_size=4.0)
+    fit = fit_profile([point(1, 0.009)], sizes, profiled_size=4.0)
     assert fit is not None
     assert fit.p50_s(1, 4.0) == pytest.approx(0.009)
     assert fit.p50_s(1, 8.0) == pytest.approx(0.017)
@@ -69,7 +69,7 @@ def test_a_curved_size_profile_is_followed_between_and_beyond_its_points():
         SizePoint(size=t, runs=5, p50_s=ms / 1000, p95_s=ms / 500)
         for t, ms in ((5, 1.0), (10, 4.0), (20, 16.0))
     ]
-    fit = fit_profile([point(1, 0.004)], sizes, mean_size=10.0)
+    fit = fit_profile([point(1, 0.004)], sizes, profiled_size=10.0)
     assert fit is not None
     assert fit.p50_s(1, 15.0) == pytest.approx(0.010)  # halfway between 4 and 16 ms
     assert fit.p50_s(1, 30.0) == pytest.approx(0.028)  # the last segment, extended
