@@ -3,7 +3,8 @@
 A request is what a client sends: ``batch_size`` task items (images, waveforms, sentences)
 through the task's pre/post-processing and the graph, exactly as the gateway serves them. The
 time spent inside the graph is recorded too, because for small models the task's own work
-(features, CTC decoding, the translation loop) can hide how much faster a smaller graph is.
+(features, the decoding loops) can hide how much faster a smaller graph is. Families whose
+items differ in cost (sentences, recordings) are also timed item by item against their size.
 """
 
 from __future__ import annotations
