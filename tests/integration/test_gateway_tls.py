@@ -15,11 +15,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from certs import CertificateAuthority, Issued
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from gateway.auth import hash_key, new_key
-from tests.support.wire import Wire, image_input, metric
+from tests.support.wire import Wire, image_input, metric, parse_samples
 
 
 class PKI:
@@ -228,8 +227,4 @@ def _scrape(pki: PKI, gw) -> dict:
     context = ssl.create_default_context(cafile=str(pki.ca.cert_file))
     context.load_cert_chain(pki.client.cert_file, pki.client.key_file)
     text = httpx.get(f"https://{local(gw.http_url)}/metrics", verify=context, timeout=10).text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return parse_samples(text)

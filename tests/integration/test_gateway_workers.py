@@ -20,10 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from tests.support.wire import image_input
+from tests.support.wire import Samples, image_input, parse_samples
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 """Channel arguments that give a client a connection of its own (no shared subchannel)."""
@@ -62,13 +61,8 @@ class Workers:
         assert client.is_server_live()  # connect now
         return client
 
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        text = httpx.get(f"http://{self.http_url}/metrics", timeout=30).text
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+    def scrape(self) -> Samples:
+        return parse_samples(httpx.get(f"http://{self.http_url}/metrics", timeout=30).text)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

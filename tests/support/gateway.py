@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import httpx
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewaySettings
 from gateway.service import Gateway
+from tests.support.wire import Samples, parse_samples
 
 T = TypeVar("T")
 
@@ -72,14 +72,9 @@ class GatewayThread:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.gateway.grpc_port}"
 
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    def scrape(self) -> Samples:
         """Every sample on ``/metrics``, keyed by (name, labels)."""
-        text = httpx.get(f"http://{self.http_url}/metrics", timeout=30).text
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        return parse_samples(httpx.get(f"http://{self.http_url}/metrics", timeout=30).text)
 
 
 def gateway_settings(repository: Path, **overrides: Any) -> GatewaySettings:

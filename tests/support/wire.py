@@ -11,6 +11,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 PROTOCOLS = ("grpc", "http")
@@ -138,8 +139,19 @@ def image_input(*levels: int) -> list[tuple[str, str, np.ndarray]]:
     return [("image", "BYTES", objects(*(png(level) for level in levels)))]
 
 
-def metric(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""A scrape: every sample's value, keyed by (name, labels)."""
+
+
+def parse_samples(exposition: str) -> Samples:
+    """Every sample of a Prometheus text exposition, keyed by (name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value from a scrape (0 when absent)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
