@@ -188,7 +188,10 @@ def test_replicas_and_fallback_carry_every_request(
         load.wait_for_ok(0, 20)
         assert runs(gateway, a.grpc_url) > 0 and runs(gateway, b.grpc_url) > 0
 
-        # A hangs: its calls are cancelled and moved to B once A misses two probes.
+        # A hangs: its calls are cancelled and moved to B once A misses two probes. Each
+        # probe waits the 0.3 s interval, then at most 0.3 s for an answer, so A is out
+        # after about 1.5 s at worst (1.2 s measured with both cores busy); the bound is
+        # the requests' deadline.
         hang = time.monotonic()
         signal_group(a, signal.SIGSTOP)
         assert wait_health(gateway, a.grpc_url, healthy=False) < DEADLINE_S

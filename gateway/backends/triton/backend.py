@@ -68,8 +68,8 @@ class TritonBackend:
                 ``gpu_memory_bytes`` to keep within; None loads every variant everywhere.
             fallback: Backend serving when no server can (it holds every variant).
             channels_per_server: gRPC channels (connections) per server.
-            probe_interval_s: Seconds between liveness probes (and metrics polls); also a
-                probe's timeout.
+            probe_interval_s: Seconds between liveness probes (and between repository
+                reads and metrics polls); also a probe's timeout.
             load_timeout_s: Seconds one model load may take.
             demand_window_s: Time constant of the decaying demand counts.
             breaker_policy: Each server's circuit breaker (``gateway.faults``).
@@ -130,6 +130,7 @@ class TritonBackend:
             await asyncio.gather(*(self.health.probe(r) for r in self.fleet))
             for replica in self.fleet:
                 self.fleet.spawn(self.health.run(replica))
+                self.fleet.spawn(self.health.watch(replica))
             self._started = True
 
     async def close(self) -> None:

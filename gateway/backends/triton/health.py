@@ -2,9 +2,12 @@
 
 A server that refuses connections, or misses ``PROBE_MISSES`` probes in a row (a hang),
 is marked down at once and its calls in flight fail over. When it answers again the probe
-reads what it holds, loads what it should and only then takes it back. A healthy server's
-repository index is read with every probe, so loads and unloads by another gateway or an
-operator are followed; its metrics endpoint, when configured, is polled for queue signals.
+reads what it holds, loads what it should and only then takes it back. Beside the probes, a
+second loop per server reads a healthy server's repository index, so loads and unloads by
+another gateway or an operator are followed, and polls its metrics endpoint, when
+configured, for queue signals. The two loops are apart so that a server which hangs in the
+middle of those slower calls is still found out by the next probes, each bounded by the
+probe interval, and not only once their own timeouts have run out.
 """
 
 from __future__ import annotations
@@ -52,8 +55,17 @@ class HealthMonitor:
             except Exception:  # a probe must never stop probing
                 log.exception("probing triton %s failed", replica.url)
 
+    async def watch(self, replica: Replica) -> None:
+        """Follow ``replica``'s repository and poll its metrics forever, while healthy."""
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            try:
+                await self.observe(replica)
+            except Exception:  # like the probes, this loop never stops
+                log.exception("watching triton %s failed", replica.url)
+
     async def probe(self, replica: Replica) -> None:
-        """One probe: liveness, then recovery, or following changes and polling metrics."""
+        """One probe: liveness, then recovery of a server that answers again."""
         refused = False
         try:
             live = await replica.is_live(self.probe_interval_s)
@@ -68,6 +80,10 @@ class HealthMonitor:
         replica.probe_answered()
         if not replica.healthy:
             await self._recover(replica)
+
+    async def observe(self, replica: Replica) -> None:
+        """Once, for a healthy server: follow changes made by others, then poll metrics."""
+        if not replica.healthy:
             return
         if self.placement.explicit:
             await self._follow(replica)
