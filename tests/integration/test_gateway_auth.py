@@ -29,9 +29,15 @@ def write_keys(path, *entries):
             for key_id, key, scopes in entries
         ]
     }
+    replace_file(path, json.dumps(doc))
+
+
+def replace_file(path, text):
+    # Atomic, as a Secret volume updates: a reload never sees a half-written file, so
+    # each change is one reload (a plain write_text can be read truncated, then again).
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    tmp.replace(path)  # atomic, as a Secret volume updates
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 KEYS = [
@@ -169,7 +175,7 @@ def test_keys_rotate_without_a_restart_and_never_reach_the_log(
     write_keys(path, ("new", OPS_KEY, ["inference"]))
     wait_for(lambda: not accepted(INFER_KEY))
 
-    path.write_text("{half a file", encoding="utf-8")
+    replace_file(path, "{half a file")
     wait_for(
         lambda: (
             metric(gw.scrape(), "gateway_secret_reloads_total", kind="keys", outcome="failed") == 1
