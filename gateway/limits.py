@@ -191,12 +191,66 @@ DEFAULT_LIMITS = Limits()
 """The documented defaults, for callers that were given no settings."""
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""JPEG start-of-frame markers (0xC4, 0xC8 and 0xCC are tables and a reserved code)."""
+_JPEG_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8)))
+"""JPEG markers without a length field (TEM, RST0-7)."""
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from an encoded image's header, without decoding pixels, or None.
+
+    PNG and JPEG, the formats clients send, are read straight from their bytes (a few
+    microseconds: this runs on the event loop for every image); other formats, and any
+    header those readers cannot follow, go through PIL's format detection.
 
     Raises:
         PIL.Image.DecompressionBombError: The header claims more pixels than PIL opens at all.
     """
+    size = _png_size(data) if data.startswith(_PNG_SIGNATURE) else None
+    if size is None and data.startswith(b"\xff\xd8"):
+        size = _jpeg_size(data)
+    return size if size is not None else _pil_size(data)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    # The IHDR chunk comes first, at a fixed place: its length (13), its type, then the size.
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return (width, height) if width and height else None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    # Segments follow the start-of-image marker, each with its length, until a frame header.
+    at, end = 2, len(data)
+    while at + 4 <= end:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            at += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data without a frame before it
+            return None
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker in _JPEG_SOF:
+            if length < 7 or at + 9 > end:
+                return None
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            width = int.from_bytes(data[at + 7 : at + 9], "big")
+            return (width, height) if width and height else None
+        if length < 2:
+            return None
+        at += 2 + length
+    return None
+
+
+def _pil_size(data: bytes) -> tuple[int, int] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

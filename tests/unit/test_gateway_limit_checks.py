@@ -147,6 +147,43 @@ def test_a_decompression_bomb_is_refused_from_its_header():
     assert image_size(png_header_only(300, 200)) == (300, 200)
 
 
+def encoded(width: int, height: int, fmt: str, mode: str = "RGB", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "P", {}),
+        ("JPEG", "RGB", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("JPEG", "RGB", {"exif": b"Exif\0\0" + b"\0" * 2000, "icc_profile": b"\0" * 5000}),
+        ("WEBP", "RGB", {}),
+        ("GIF", "P", {}),
+        ("BMP", "RGB", {}),
+    ],
+)
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (28, 8), (640, 480), (3000, 17)])
+def test_image_headers_give_the_size_pil_reads(fmt, mode, options, width, height):
+    data = encoded(width, height, fmt, mode, **options)
+    assert image_size(data) == (width, height)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (width, height)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_cut_header_never_gives_a_wrong_size(fmt):
+    data = encoded(300, 200, fmt, exif=b"Exif\0\0" + b"\0" * 100)
+    for end in range(len(data) // 4):
+        assert image_size(data[:end]) in ((300, 200), None)
+
+
 def test_undecodable_items_are_left_to_their_decoder():
     assert image_size(b"not an image") is None
     with pytest.raises(TaskInputError):
