@@ -26,7 +26,7 @@ from builders.zoo.api import ShapeRange, ZooFamily
 from gateway.layout import Runtime
 from gateway.manifest import LatencyPoint, SizePoint
 from gateway.taskio import TASK_IO
-from gateway.tasks.base import MAIN_GRAPH, RunGraphs, single_graph
+from gateway.tasks.base import MAIN_GRAPH, RunGraphs, Task, single_graph
 from gateway.tasks.onnx_runner import GraphSessions
 
 Progress = Callable[[str], None]
@@ -114,13 +114,16 @@ def profile_settings(spec: BuildSpec, family: ZooFamily) -> ProfileSettings:
 
 
 def _size_profile(
-    run_graph: RunGraphs, family: ZooFamily, items: list[Any], settings: ProfileSettings
+    run_graph: RunGraphs,
+    family: ZooFamily,
+    task: Task,
+    items: list[Any],
+    settings: ProfileSettings,
 ) -> SizeProfile:
     io_type = TASK_IO.get(family.task)
     if io_type is None or io_type.size_unit is None:
         return SizeProfile()
     item_size = io_type(family.assets_dir).item_size
-    task = family.make_task(family.assets_dir)
     points = profile_sizes(run_graph, task, items, item_size, settings)
     return SizeProfile(io_type.size_unit, points, profiled_item_size(items, item_size))
 
@@ -184,6 +187,6 @@ def measure(
     progress(f"{family.name}: profiling {candidate.name}")
     task = family.make_task(family.assets_dir)
     latency = profile_latency(profiled, task, items, settings, spec.max_batch_size)
-    sizes = _size_profile(profiled, family, items, settings)
+    sizes = _size_profile(profiled, family, task, items, settings)
     resident, gpu = _memory(candidate, family, ranges, workdir)
     return Measurement(metrics, latency, resident, gpu, sizes)
