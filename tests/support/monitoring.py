@@ -223,7 +223,11 @@ def gateway_traffic(gateway: Any) -> dict[str, list[str]]:
     try:
         for wire in (grpc, http):
             outcomes.setdefault("most-accurate", []).append(_call(wire, "digits"))
-            budget = {"latency_budget_ms": 8}
+            # Excludes fp32 and fp16 by their declared p95s (24 and 12 ms) and picks int8
+            # (6 ms). Soft, as in tests/integration/conftest.py: hard, a job a loaded machine
+            # had not started 4 ms after arrival would be dropped on int8's declared time,
+            # although the tiny graph runs in well under a millisecond.
+            budget = {"latency_budget_ms": 10, "latency_budget_policy": "soft"}
             outcomes.setdefault("latency-budget", []).append(
                 _call(wire, "digits", parameters=budget)
             )
