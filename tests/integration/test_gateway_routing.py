@@ -181,9 +181,14 @@ def test_shedding_is_fast(gw):
 
 
 def test_deployment_default_budget_applies_when_none_is_stated(gateway_factory, repo):
-    # The declared profiles alone decide here (a default budget applies, or it does not).
+    # The declared profiles alone decide here (a default budget applies, or it does not);
+    # soft, so a loaded machine cannot drop a request unrun on int8's declared 6 ms.
     gw = gateway_factory(
-        repo, default_latency_budget_ms=8, default_min_accuracy=95, observed_weight=0.0
+        repo,
+        default_latency_budget_ms=8,
+        default_min_accuracy=95,
+        default_latency_budget_policy="soft",
+        observed_weight=0.0,
     )
     wire = Wire("grpc", grpcclient.InferenceServerClient(gw.grpc_url))
     assert wire.infer("digits", image_input(0)).variant == "int8"
