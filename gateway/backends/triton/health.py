@@ -120,12 +120,13 @@ class HealthMonitor:
 
     async def _follow(self, replica: Replica) -> None:
         """Follow loads and unloads made by others (another gateway, an operator)."""
+        outages = replica.outages
         try:
             states = await replica.repository_index(self.placement.rpc_timeout_s)
         except InferenceServerException:
             return  # the next probe decides about health
-        if not replica.healthy:
-            return
+        if not replica.healthy or replica.outages != outages:
+            return  # down (and perhaps recovered) meanwhile: the index may predate that
         added, removed = replica.follow(n for n, state in states.items() if state == "READY")
         if not added and not removed:
             return

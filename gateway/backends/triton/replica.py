@@ -79,6 +79,8 @@ class Replica:
         self._counters: dict[str, ModelCounters] = {}
         self._signals: dict[str, QueueSignal] = {}
         self._misses = 0
+        self.outages = 0
+        """Times the server was marked down: a reading taken across one may be stale."""
 
     @property
     def healthy(self) -> bool:
@@ -191,6 +193,7 @@ class Replica:
         if not self._healthy:
             return False
         self._healthy = False
+        self.outages += 1
         self._last_error = error
         self._loaded.clear()
         self._draining.clear()
