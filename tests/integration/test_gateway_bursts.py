@@ -53,7 +53,12 @@ def test_a_burst_is_shed_or_downgraded_never_late_and_recovery_is_quick(gateway_
             tensor.set_data_from_numpy(image_input(0)[0][2])
             client.infer(model, [tensor])
             client.close()
-    assert _call(gw.grpc_url, budget_s)[2] == "fp32"
+    # Idle, fp32 fits the budget. On a loaded machine the first calls after start can
+    # still see the loop lag behind and downgrade, as they should; wait for a quiet one.
+    settled = time.monotonic() + 10.0
+    while _call(gw.grpc_url, budget_s)[2] != "fp32":
+        assert time.monotonic() < settled, "fp32 never served an idle request"
+        time.sleep(0.1)
 
     # 48 requests at once: far more than fp32 can answer within the budget on two threads.
     with ThreadPoolExecutor(48) as pool:
