@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from tritonclient.utils import InferenceServerException
 
@@ -48,21 +49,21 @@ class HealthMonitor:
 
     async def run(self, replica: Replica) -> None:
         """Probe ``replica`` forever (a failing probe never stops the loop)."""
-        while True:
-            await asyncio.sleep(self.probe_interval_s)
-            try:
-                await self.probe(replica)
-            except Exception:  # a probe must never stop probing
-                log.exception("probing triton %s failed", replica.url)
+        await self._every_interval(self.probe, replica, "probing")
 
     async def watch(self, replica: Replica) -> None:
         """Follow ``replica``'s repository and poll its metrics forever, while healthy."""
+        await self._every_interval(self.observe, replica, "watching")
+
+    async def _every_interval(
+        self, step: Callable[[Replica], Awaitable[None]], replica: Replica, doing: str
+    ) -> None:
         while True:
             await asyncio.sleep(self.probe_interval_s)
             try:
-                await self.observe(replica)
-            except Exception:  # like the probes, this loop never stops
-                log.exception("watching triton %s failed", replica.url)
+                await step(replica)
+            except Exception:  # a failing step must never stop its loop
+                log.exception("%s triton %s failed", doing, replica.url)
 
     async def probe(self, replica: Replica) -> None:
         """One probe: liveness, then recovery of a server that answers again."""
