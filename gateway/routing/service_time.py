@@ -150,12 +150,13 @@ def fit_profile(
     first = single[0]
     tail = first.p95_s / first.p50_s if first.p50_s > 0 else 1.0
     curve = tuple(sorted((s.size, s.p50_s) for s in sizes if s.size > 0))
+    sized = len(curve) >= 2 and bool(profiled_size)
     return ServiceFit(
         fixed_s=fixed_s,
         per_row_s=per_row_s,
         tail=max(1.0, tail),
-        size_curve=curve if len(curve) >= 2 and profiled_size else (),
-        profiled_size=profiled_size if len(curve) >= 2 and profiled_size else None,
+        size_curve=curve if sized else (),
+        profiled_size=profiled_size if sized else None,
         contention=_monotone(contention),
     )
 
