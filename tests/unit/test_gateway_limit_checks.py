@@ -40,9 +40,9 @@ def wav_bytes(seconds: float, rate_hz: int = 8000, channels: int = 2) -> bytes:
     return buffer.getvalue()
 
 
-def png_bytes(width: int, height: int) -> bytes:
+def encoded(width: int, height: int, fmt: str, mode: str = "RGB", **options) -> bytes:
     buffer = io.BytesIO()
-    Image.new("L", (width, height)).save(buffer, format="PNG")
+    Image.new(mode, (width, height)).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -131,11 +131,15 @@ def test_a_wav_header_overstating_its_data_counts_the_bytes_present():
 
 
 def test_image_pixels_from_the_header_or_the_tensor_shape():
-    LIMITS.check_items("image-labels", [png_bytes(10, 10), np.zeros((10, 10, 3), np.uint8)])
+    LIMITS.check_items(
+        "image-labels", [encoded(10, 10, "PNG", "L"), np.zeros((10, 10, 3), np.uint8)]
+    )
     with pytest.raises(LimitExceededError, match=r"image 0 is 11x10 = 110 pixels.*max_image"):
-        LIMITS.check_items("image-labels", [png_bytes(11, 10)])
+        LIMITS.check_items("image-labels", [encoded(11, 10, "PNG", "L")])
     with pytest.raises(LimitExceededError, match=r"image 1 is 20x30"):
-        LIMITS.check_items("image-labels", [png_bytes(2, 2), np.zeros((30, 20, 3), np.uint8)])
+        LIMITS.check_items(
+            "image-labels", [encoded(2, 2, "PNG", "L"), np.zeros((30, 20, 3), np.uint8)]
+        )
 
 
 def test_a_decompression_bomb_is_refused_from_its_header():
@@ -145,12 +149,6 @@ def test_a_decompression_bomb_is_refused_from_its_header():
     with pytest.raises(LimitExceededError, match="10000x10000"):
         Limits(max_image_pixels=1000).check_items("image-labels", [png_header_only(10000, 10000)])
     assert image_size(png_header_only(300, 200)) == (300, 200)
-
-
-def encoded(width: int, height: int, fmt: str, mode: str = "RGB", **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height)).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
