@@ -206,7 +206,7 @@ class TaskPool:
         """
         now = self._clock()
         with self._cond:
-            remaining = [max(0.0, r.tail_s - (now - r.started_s)) for r in self._running.values()]
+            remaining = [_remaining_s(r.tail_s, now - r.started_s) for r in self._running.values()]
             ahead = [job.cost_s for job in self._queue.due_by(due_s)]
             queued = len(self._queue.jobs)
         return PoolStats(
@@ -335,6 +335,17 @@ class TaskPool:
             out.append((job, results[offset : offset + len(job.items)], None))
             offset += len(job.items)
         return out, seconds
+
+
+def _remaining_s(tail_s: float, elapsed_s: float) -> float:
+    """Predicted seconds left of a run predicted to end by ``tail_s``, ``elapsed_s`` in.
+
+    Past two thirds of its tail, half as long again as it has run: run times are heavy-tailed
+    (a translation may run on to its output cap), and for a Pareto tail of index 3 the
+    expected remainder of a run is half its age. A run the prediction got wrong then holds
+    its thread in the prediction too, instead of leaving it "free".
+    """
+    return max(tail_s - elapsed_s, 0.5 * elapsed_s)
 
 
 def predicted_wait_s(remaining_s: list[float], ahead_s: list[float], threads: int) -> float:

@@ -11,8 +11,13 @@ concurrency 2, 4, ...) give how much slower each one runs, and a prediction says
 concurrency the run will execute.
 
 Online, each finished run reports its measured seconds and the concurrency it ran at; the
-ratio measured / predicted (at that concurrency) enters an exponentially weighted mean and a
-95th percentile over the last runs, and ``observed_weight`` blends them into every prediction.
+ratio measured / predicted (at that concurrency) enters a median over the last few runs and a
+95th percentile over a longer window, and ``observed_weight`` blends them into every
+prediction. Both are order statistics, not means: a translation that runs on to its output
+cap takes ten times its prediction, and one such run among a variant's first few must not
+make the variant look ten times slower (a mean, or the "95th percentile" of five runs, which
+is their maximum, would). Until the window holds enough runs for a 95th percentile, the
+profile's tail shape around the measured median stands in for the runs still missing.
 Execution time, not queueing, is what is observed (queueing is predicted from the pool's
 queue), so a burst that is shed leaves no stale latency behind: the correction says how
 fast the variant runs now on this machine.
@@ -21,6 +26,7 @@ fast the variant runs now on this machine.
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -174,7 +180,7 @@ class Measured:
     """What a variant's runs measured, as ratios to the profile's median for each run.
 
     Attributes:
-        ratio: Running mean of measured / profiled seconds.
+        ratio: Median of the recent runs' measured / profiled seconds.
         tail: The ratio's 95th percentile over the recent runs.
         samples: Runs measured.
         at_s: Clock time of the newest run (what fades it).
@@ -190,6 +196,25 @@ TAIL_QUANTILE = 0.95
 """The quantile ``Measured.tail`` tracks."""
 TAIL_WINDOW = 64
 """Recent runs (of this process) the tail is taken over."""
+TAIL_RUNS = 20
+"""Runs a 95th percentile needs before one outlier stops being it (with 20 it is the second
+largest): until then the profile's tail stands in for the runs still missing."""
+MEDIAN_WINDOW = 16
+"""Recent runs the median ratio is taken over: follows a slowdown within a few runs."""
+DEFAULT_TAIL = 1.5
+"""p95 / p50 assumed for a variant without a profile."""
+
+
+def _tail_ratio(recent: Sequence[float], median: float, profiled_tail: float) -> float:
+    """The 95th percentile of ``recent`` ratios, the profile's tail filling in missing runs.
+
+    The profile's tail shape around the measured median counts as each of the runs short of
+    ``TAIL_RUNS``, so one outlier among a variant's first runs is not its tail, while two
+    of twenty are.
+    """
+    missing = max(0, TAIL_RUNS - len(recent))
+    ordered = sorted([*recent, *[profiled_tail * median] * missing])
+    return max(median, ordered[math.ceil(TAIL_QUANTILE * len(ordered)) - 1])
 
 
 @dataclass(frozen=True)
@@ -250,7 +275,6 @@ class ServiceModel:
         *,
         observed_weight: float,
         min_samples: int,
-        smoothing: float = 0.1,
         learning: Learning | None = None,
         stale_s: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
@@ -261,7 +285,6 @@ class ServiceModel:
             fit: The profile's model.
             observed_weight: Weight of the measured correction at full sample count (0-1).
             min_samples: Observations at which the correction reaches its full weight.
-            smoothing: Weight of each new observation in the running means.
             learning: Where measurements are kept (shared between workers, or not).
             stale_s: Time constant over which measurements fade once no run refreshes
                 them, so a variant routing no longer picks is predicted from its profile
@@ -271,7 +294,6 @@ class ServiceModel:
         self.fit = fit
         self.observed_weight = observed_weight
         self.min_samples = min_samples
-        self.smoothing = smoothing
         self.stale_s = stale_s
         self.clock = clock
         self.learning = learning or Learning()
@@ -311,7 +333,7 @@ class ServiceModel:
         measured = self.learning.read()
         base = self._base_p50_s(rows, size, concurrency)
         weight = self._weight(measured)
-        profiled_tail = self.fit.tail if self.fit is not None else 1.5
+        profiled_tail = self.fit.tail if self.fit is not None else DEFAULT_TAIL
         tail = (1.0 - weight) * profiled_tail + weight * measured.tail
         alone = self._base_p50_s(rows, size) if concurrency > 1 else base
         trusted = measured.samples >= self.min_samples
@@ -350,14 +372,15 @@ class ServiceModel:
         r = seconds / predicted
         if self.fit is not None:
             r = min(MAX_RATIO, max(MIN_RATIO, r))
+        profiled_tail = self.fit.tail if self.fit is not None else DEFAULT_TAIL
         with self._lock:
             old = self.learning.own()
             self._recent.append(r)
-            ratio = r if old.samples == 0 else old.ratio + self.smoothing * (r - old.ratio)
-            # The tail of the recent runs: follows a slowdown and its end within a window.
-            ordered = sorted(self._recent)
-            tail = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
-            self.learning.write(Measured(ratio, max(tail, ratio), old.samples + 1, self.clock()))
+            recent = list(self._recent)
+            # Both follow a slowdown and its end within their windows of runs.
+            ratio = statistics.median(recent[-MEDIAN_WINDOW:])
+            tail = _tail_ratio(recent, ratio, profiled_tail)
+            self.learning.write(Measured(ratio, tail, old.samples + 1, self.clock()))
 
     @property
     def samples(self) -> int:

@@ -52,7 +52,8 @@ def job(
 async def held_pool(task: Recorder, **kw) -> tuple[TaskPool, Job]:
     """A one-thread pool whose worker is busy with a first job until ``task.gate`` opens."""
     loop = asyncio.get_running_loop()
-    pool = TaskPool("test", 1, max_queue=kw.pop("max_queue", 16), clock=time.monotonic)
+    clock = kw.pop("clock", time.monotonic)
+    pool = TaskPool("test", 1, max_queue=kw.pop("max_queue", 16), clock=clock)
     task.gate.clear()
     first = job(loop, task, [0], key="first")
     assert pool.submit(first)
@@ -156,7 +157,7 @@ async def test_abandoned_jobs_are_skipped_and_runs_are_observed():
 
 async def test_jobs_due_first_run_first_and_count_as_ahead():
     task = Recorder()
-    pool, first = await held_pool(task)
+    pool, first = await held_pool(task, clock=lambda: 0.0)  # the first run just started
     loop = asyncio.get_running_loop()
     late, soon, sooner = (
         job(loop, task, [i], key=i, cost_s=0.1, due_s=due)
@@ -166,8 +167,8 @@ async def test_jobs_due_first_run_first_and_count_as_ahead():
         pool.submit(j)
     assert pool.stats(due_s=15.0).work_ahead_s == pytest.approx(0.1, abs=0.011)
     assert pool.stats(due_s=25.0).work_ahead_s == pytest.approx(0.2, abs=0.011)
-    # One thread, busy for about 0.01 s more: a job due at 25 waits for that and two jobs.
-    assert pool.stats(due_s=25.0).wait_s == pytest.approx(0.2, abs=0.011)
+    # One thread, busy for 0.01 s more: a job due at 25 waits for that and two jobs.
+    assert pool.stats(due_s=25.0).wait_s == pytest.approx(0.21)
     task.gate.set()
     await asyncio.gather(late.future, soon.future, sooner.future)
     pool.close()
@@ -194,14 +195,18 @@ async def test_wait_lays_the_work_ahead_out_on_the_threads():
 
 async def test_work_ahead_counts_queued_and_running_costs():
     task = Recorder()
-    pool, first = await held_pool(task)
+    now = [0.0]
+    pool, first = await held_pool(task, clock=lambda: now[0])
     loop = asyncio.get_running_loop()
     for i in range(3):
         pool.submit(job(loop, task, [i], key=i, cost_s=0.5))
     stats = pool.stats()
     assert (stats.queued, stats.running, stats.threads) == (3, 1, 1)
-    assert 1.5 <= stats.work_ahead_s <= 1.51  # three queued, the running one nearly done
-    assert 1.5 <= stats.wait_s <= 1.51
+    assert stats.work_ahead_s == pytest.approx(1.51)  # three queued, the running one's 0.01
+    assert stats.wait_s == pytest.approx(1.51)
+    # Past its predicted 0.01 s the prediction was wrong: it is given half its age again.
+    now[0] = 0.2
+    assert pool.stats().wait_s == pytest.approx(1.5 + 0.1)
     assert pool.queued("1") == 1 and pool.has_queue()
     task.gate.set()
     pool.close()

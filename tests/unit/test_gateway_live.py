@@ -101,7 +101,21 @@ def test_the_tail_is_learned_and_idle_figures_take_the_lower_of_profile_and_runs
     slow.observe(1, None, 0.050)
     assert slow.predict(1).idle_p50_s == pytest.approx(0.010)
     assert slow.predict(1).idle_p95_s == pytest.approx(0.015)
-    assert slow.p95_s(1) == pytest.approx(0.050)
+    # One run: the profile's tail shape (1.5x) around what it measured.
+    assert slow.p95_s(1) == pytest.approx(0.050 * 1.5, rel=0.02)
+
+
+def test_one_runaway_among_a_variants_first_runs_does_not_make_it_look_slow():
+    fit = fit_profile([point(1, 0.010)])  # profiled tail 1.5x
+    model = ServiceModel(fit, observed_weight=1.0, min_samples=5)
+    model.observe(1, None, 0.100)  # ran on to its output cap: ten times its prediction
+    for _ in range(4):
+        model.observe(1, None, 0.010)
+    assert model.p50_s(1) == pytest.approx(0.010)
+    assert model.p95_s(1) < 0.030  # not the runaway's 100 ms
+    for _ in range(40):
+        model.observe(1, None, 0.010 if _ % 5 else 0.030)  # one run in five 3x slower
+    assert model.p95_s(1) == pytest.approx(0.030)  # with enough runs, the measured tail
 
 
 def test_outliers_are_bounded_and_zero_weight_ignores_observations():
