@@ -11,7 +11,9 @@ ahead in the variant's compute pool (shared with every variant on the same cores
 server), plus its own run at the tail (p95) of its service-time model. The most accurate
 variant that fits now is ranked first, so traffic moves to smaller variants as load builds
 and back as it drains. If some variant could fit but none fits now, the request is shed at
-arrival with :class:`CapacityExhaustedError` rather than queued into a miss.
+arrival with :class:`CapacityExhaustedError` rather than queued into a miss, unless the
+compute has room and some variant's median completion fits: then the likeliest runs (best
+effort), since a shed request is a certain miss and running it costs nobody.
 """
 
 from __future__ import annotations
@@ -66,10 +68,14 @@ IDLE = Estimate(0.0, 0.0, 0.0)
 
 @dataclass(frozen=True)
 class Ranked:
-    """A variant that fits now, with the latency predicted for this request."""
+    """A variant that fits now, with the latency predicted for this request.
+
+    ``at_tail`` is False for a best-effort choice: only its median completion fits.
+    """
 
     variant: Variant
     predicted_latency_s: float
+    at_tail: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,27 @@ def _static_miss(variant: Variant, budget: Budget, estimate: Estimate) -> tuple[
             f"{variant.name} profiled p50 {_ms(estimate.idle_p50_s)} > budget {_ms(limit_s)}",
         )
     return None
+
+
+def _likeliest(
+    feasible: Sequence[tuple[Variant, Estimate]], limit_s: float | None, max_in_flight: int
+) -> list[Ranked] | None:
+    """Best-effort ranking when no variant fits at its tail: those whose median does.
+
+    With room in the compute, running a request that will probably make its budget beats a
+    certain miss; shedding it saves nothing another request needs. Likeliest first: the
+    lowest predicted tail completion.
+    """
+    if limit_s is None:
+        return None
+    likely = [
+        Ranked(variant, estimate.completion_s, at_tail=False)
+        for variant, estimate in feasible
+        if estimate.in_flight < max_in_flight
+        and estimate.wait_s + estimate.service_p50_s <= limit_s
+    ]
+    likely.sort(key=lambda r: (r.predicted_latency_s, -r.variant.quality))
+    return likely or None
 
 
 def select(
@@ -147,7 +174,8 @@ def select(
 
     Raises:
         BudgetUnsatisfiableError: No variant can ever meet the budget.
-        CapacityExhaustedError: Some variant could, but none can now.
+        CapacityExhaustedError: Some variant could, but none can now (not even at its median
+            while the compute has room).
     """
     static_misses: dict[str, tuple[str, str]] = {}
     feasible: list[tuple[Variant, Estimate]] = []
@@ -190,18 +218,25 @@ def select(
             )
             continue
         ranked.append(Ranked(variant, predicted_s))
+    saturated = utilization >= target_utilization and not pinned
     if not ranked:
+        misses = "; ".join(sentence for _, sentence in dynamic_misses.values())
         if all(code == LATENCY_BUDGET for code, _ in dynamic_misses.values()):
             raise BudgetUnsatisfiableError(
-                f"no variant of '{family}' can meet the budget: "
-                + "; ".join(sentence for _, sentence in dynamic_misses.values())
+                f"no variant of '{family}' can meet the budget: {misses}"
             )
-        raise CapacityExhaustedError(
-            f"every variant of '{family}' that meets the budget is busy: "
-            + "; ".join(sentence for _, sentence in dynamic_misses.values())
+        likeliest = None if saturated else _likeliest(feasible, limit_s, max_in_flight_per_variant)
+        if likeliest is None:
+            raise CapacityExhaustedError(
+                f"every variant of '{family}' that meets the budget is busy: {misses}"
+            )
+        return Choice(
+            likeliest,
+            PINNED if pinned else LOAD,
+            f"no variant meets the budget at its tail ({misses}); "
+            f"{likeliest[0].variant.name} meets it at its median and the compute has room",
         )
 
-    saturated = utilization >= target_utilization and not pinned
     if saturated:
         costs = {v.name: e.service_p50_s for v, e in feasible}
         ranked.sort(key=lambda r: (costs[r.variant.name], -r.variant.quality))

@@ -198,3 +198,24 @@ def test_busy_compute_ranks_the_cheapest_fitting_variant_first():
     assert choose(Budget(min_accuracy=98.0), utilization=2.0).ranked[0].variant.name == "fp32"
     pinned = choose(budget, variants=[FP32], pinned=True, utilization=2.0)
     assert pinned.reason == "pinned"
+
+
+def test_with_room_a_request_only_a_median_fits_runs_on_the_likeliest_variant():
+    # Twice as slow, 14 ms ahead: every tail misses a 25 ms budget (int8's is 14 + 12 ms),
+    # but int8's median (14 + 8 ms) fits, and the compute has room: best effort, not a shed.
+    busy = {v.model_name: idle(v.name, wait_ms=14, slower=2.0) for v in LADDER}
+    budget = Budget(latency_budget_s=0.025)
+    choice = choose(budget, busy, utilization=0.5, target_utilization=0.85)
+    assert names(choice) == ["int8"]
+    assert not choice.ranked[0].at_tail
+    assert choice.reason == "load"
+    assert "int8 meets it at its median and the compute has room" in choice.detail
+    # A saturated compute keeps its capacity for requests that fit: shed.
+    with pytest.raises(CapacityExhaustedError):
+        choose(budget, busy, utilization=0.9, target_utilization=0.85)
+    # No median fits either: shed.
+    late = {v.model_name: idle(v.name, wait_ms=30) for v in LADDER}
+    with pytest.raises(CapacityExhaustedError):
+        choose(budget, late, utilization=0.5, target_utilization=0.85)
+    # What fits at its tail is never best effort.
+    assert choose(Budget(latency_budget_s=0.050)).ranked[0].at_tail
