@@ -83,11 +83,22 @@ def timeline(outcomes: Sequence[Outcome], seconds: float, bin_s: float = 1.0) ->
     }
 
 
-def table(policies: Mapping[str, Mapping[str, Any]], phases: Sequence[Phase]) -> list[str]:
-    """Markdown rows: one per phase and one overall, a column group per policy."""
+def table(
+    policies: Mapping[str, Mapping[str, Any]], phases: Sequence[Phase], attainable: Sequence[int]
+) -> list[str]:
+    """Markdown rows: one per phase and one overall, a column per policy, then the bound.
+
+    ``attainable``: per phase, the most requests any policy could answer in budget at the
+    fastest variant's capacity (:func:`slo_trace.attainable`).
+    """
     names = list(policies)
-    head = "| phase (load × largest's capacity) | " + " | ".join(names) + " |"
-    rows = [head, "|---|" + "---:|" * len(names)]
+    head = "| phase (load × largest's capacity) | " + " | ".join(names) + " | attainable |"
+    rows = [head, "|---|" + "---:|" * (len(names) + 1)]
+    first = next(iter(policies.values()))
+    requests = [p["requests"] for p in first["phases"]]
+
+    def bound(count: int, total: int) -> str:
+        return f"{100 * count / total:.1f} %" if total else "–"
 
     def cell(s: Mapping[str, Any]) -> str:
         return (
@@ -97,10 +108,12 @@ def table(policies: Mapping[str, Mapping[str, Any]], phases: Sequence[Phase]) ->
 
     for i, phase in enumerate(phases):
         label = f"{phase.load_x:g}{' bursty' if phase.bursty else ''}"
-        rows.append(
-            f"| {label} | " + " | ".join(cell(policies[n]["phases"][i]) for n in names) + " |"
-        )
-    rows.append("| **overall** | " + " | ".join(cell(policies[n]["overall"]) for n in names) + " |")
+        cells = [cell(policies[n]["phases"][i]) for n in names]
+        cells.append(bound(attainable[i], requests[i]))
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [cell(policies[n]["overall"]) for n in names]
+    cells.append(bound(sum(attainable), sum(requests)))
+    rows.append("| **overall** | " + " | ".join(cells) + " |")
     return rows
 
 

@@ -59,12 +59,48 @@ class BudgetClass:
 
 @dataclass(frozen=True)
 class Arrival:
-    """One request of the trace."""
+    """One request of the trace (``segment``: index of its constant-rate stretch)."""
 
     at_s: float
     phase: int
     item: int
     budget: BudgetClass
+    segment: int = 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the trace at one arrival rate."""
+
+    phase: int
+    seconds: float
+    rate_per_s: float
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The arrivals, and the constant-rate stretches they were drawn in."""
+
+    arrivals: list[Arrival]
+    segments: list[Segment]
+
+
+def attainable(trace: Trace, capacity_per_s: float) -> list[int]:
+    """Per phase, the most requests any policy could answer at ``capacity_per_s``.
+
+    A fluid bound: within each constant-rate stretch, the arrivals or what the capacity
+    serves in its time, whichever is fewer (work never carried over, queueing ignored). At
+    a bursty phase's low level, or below capacity, that is every arrival; in overload it is
+    the capacity. An upper bound on any router whose fastest variant has that capacity.
+    """
+    counts = [0] * len(trace.segments)
+    for arrival in trace.arrivals:
+        counts[arrival.segment] += 1
+    phases = 1 + max((s.phase for s in trace.segments), default=-1)
+    bound = [0] * phases
+    for segment, count in zip(trace.segments, counts, strict=True):
+        bound[segment.phase] += min(count, int(capacity_per_s * segment.seconds))
+    return bound
 
 
 def _rate_segments(
@@ -89,8 +125,8 @@ def make_trace(
     budgets: tuple[BudgetClass, ...],
     items: int,
     seed: int = 0,
-) -> list[Arrival]:
-    """Every arrival of the trace, in time order.
+) -> Trace:
+    """Every arrival of the trace, in time order, and the stretches of its rates.
 
     Args:
         phases: The phases, in order.
@@ -103,17 +139,21 @@ def make_trace(
     shares = np.array([b.share for b in budgets], dtype=float)
     shares /= shares.sum()
     arrivals: list[Arrival] = []
+    segments: list[Segment] = []
     start = 0.0
     for index, phase in enumerate(phases):
         t = start
         for duration, rate in _rate_segments(phase, phase.load_x * capacity_per_s, rng):
             end = t + duration
+            segment = len(segments)
+            segments.append(Segment(index, duration, rate))
             if rate > 0:
                 at = t + float(rng.exponential(1 / rate))
                 while at < end:
                     budget = budgets[int(rng.choice(len(budgets), p=shares))]
-                    arrivals.append(Arrival(at, index, int(rng.integers(items)), budget))
+                    item = int(rng.integers(items))
+                    arrivals.append(Arrival(at, index, item, budget, segment))
                     at += float(rng.exponential(1 / rate))
             t = end
         start += phase.seconds
-    return arrivals
+    return Trace(arrivals, segments)
