@@ -340,12 +340,11 @@ class TaskPool:
 def _remaining_s(tail_s: float, elapsed_s: float) -> float:
     """Predicted seconds left of a run predicted to end by ``tail_s``, ``elapsed_s`` in.
 
-    Past two thirds of its tail, half as long again as it has run: run times are heavy-tailed
-    (a translation may run on to its output cap), and for a Pareto tail of index 3 the
-    expected remainder of a run is half its age. A run the prediction got wrong then holds
-    its thread in the prediction too, instead of leaving it "free".
+    A run past its tail is one the prediction got wrong (a translation may run on to its
+    output cap): it is predicted to overrun by as much again, so its thread counts as busy
+    instead of free, and the longer it overruns the longer it is taken to last.
     """
-    return max(tail_s - elapsed_s, 0.5 * elapsed_s)
+    return tail_s - elapsed_s if elapsed_s <= tail_s else elapsed_s - tail_s
 
 
 def predicted_wait_s(remaining_s: list[float], ahead_s: list[float], threads: int) -> float:
