@@ -290,9 +290,10 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
             f"p95, {result['idle_ms']['p95']:.1f} ms). Capacities (closed loop, this run): "
             f"{capacities}. Pinned: largest {result['largest']}, smallest {result['fastest']}, "
             f"static {result['static']}. Each cell: attained · goodput · shed · mean quality "
-            "of attained answers. *attainable*: the most any policy could attain at the "
-            f"fastest variant's capacity ({result['fastest']}, a fluid bound per stretch of "
-            "constant rate).",
+            "of attained answers. *attainable*: what any policy could attain if it answered "
+            f"no faster than the fastest variant's closed-loop capacity ({result['fastest']}): "
+            "per stretch of constant rate, the fewer of arrivals and capacity × time (deeper "
+            "batches under open-loop overload can beat it).",
             "",
             *table(scores, phases, result["attainable"]),
             "",
