@@ -11,9 +11,10 @@ ahead in the variant's compute pool (shared with every variant on the same cores
 server), plus its own run at the tail (p95) of its service-time model. The most accurate
 variant that fits now is ranked first, so traffic moves to smaller variants as load builds
 and back as it drains. If some variant could fit but none fits now, the request is shed at
-arrival with :class:`CapacityExhaustedError` rather than queued into a miss, unless the
-compute has room and some variant's median completion fits: then the likeliest runs (best
-effort), since a shed request is a certain miss and running it costs nobody.
+arrival with :class:`CapacityExhaustedError` rather than queued into a miss. A soft budget
+(a late answer still helps) is the exception while the compute has room: if some variant's
+median completion fits, the likeliest runs (best effort), since shed it would be no answer
+at all and running it costs nobody.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def select(
 
     Raises:
         BudgetUnsatisfiableError: No variant can ever meet the budget.
-        CapacityExhaustedError: Some variant could, but none can now (not even at its median
-            while the compute has room).
+        CapacityExhaustedError: Some variant could, but none can now (for a soft budget while
+            the compute has room: not even at its median).
     """
     static_misses: dict[str, tuple[str, str]] = {}
     feasible: list[tuple[Variant, Estimate]] = []
@@ -225,7 +226,12 @@ def select(
             raise BudgetUnsatisfiableError(
                 f"no variant of '{family}' can meet the budget: {misses}"
             )
-        likeliest = None if saturated else _likeliest(feasible, limit_s, max_in_flight_per_variant)
+        # Only a soft budget: a hard one's late answer is useless, so it is never run on a
+        # median's chance.
+        best_effort = budget.hard is False and not saturated
+        likeliest = (
+            _likeliest(feasible, limit_s, max_in_flight_per_variant) if best_effort else None
+        )
         if likeliest is None:
             raise CapacityExhaustedError(
                 f"every variant of '{family}' that meets the budget is busy: {misses}"

@@ -200,11 +200,11 @@ def test_busy_compute_ranks_the_cheapest_fitting_variant_first():
     assert pinned.reason == "pinned"
 
 
-def test_with_room_a_request_only_a_median_fits_runs_on_the_likeliest_variant():
+def test_with_room_a_soft_request_only_a_median_fits_runs_on_the_likeliest_variant():
     # Twice as slow, 14 ms ahead: every tail misses a 25 ms budget (int8's is 14 + 12 ms),
     # but int8's median (14 + 8 ms) fits, and the compute has room: best effort, not a shed.
     busy = {v.model_name: idle(v.name, wait_ms=14, slower=2.0) for v in LADDER}
-    budget = Budget(latency_budget_s=0.025)
+    budget = Budget(latency_budget_s=0.025, hard=False)
     choice = choose(budget, busy, utilization=0.5, target_utilization=0.85)
     assert names(choice) == ["int8"]
     assert not choice.ranked[0].at_tail
@@ -217,5 +217,8 @@ def test_with_room_a_request_only_a_median_fits_runs_on_the_likeliest_variant():
     late = {v.model_name: idle(v.name, wait_ms=30) for v in LADDER}
     with pytest.raises(CapacityExhaustedError):
         choose(budget, late, utilization=0.5, target_utilization=0.85)
+    # A hard budget's late answer is useless: never run on a median's chance.
+    with pytest.raises(CapacityExhaustedError):
+        choose(Budget(latency_budget_s=0.025, hard=True), busy, utilization=0.5)
     # What fits at its tail is never best effort.
-    assert choose(Budget(latency_budget_s=0.050)).ranked[0].at_tail
+    assert choose(Budget(latency_budget_s=0.050, hard=False)).ranked[0].at_tail
