@@ -7,7 +7,8 @@ A budget may come as a request parameter (``latency_budget_ms``, ``gpu_memory_bu
 
 ``latency_budget_policy`` says what a late answer is worth: ``hard`` (useless: work that can
 no longer finish within the budget is dropped before it runs) or ``soft`` (still wanted: it
-runs, late). A deadline is always hard.
+runs, late). A deadline is always hard; a soft budget shorter than the deadline stays soft
+up to it.
 """
 
 from __future__ import annotations
@@ -126,6 +127,20 @@ def parse_timeout_s(parameters: Mapping[str, ParamValue]) -> float | None:
     if value <= 0:
         raise InvalidRequestError(f"parameter '{TIMEOUT_US}' must be > 0 microseconds")
     return value / 1e6
+
+
+def with_deadline(budget: Budget, deadline_s: float | None) -> Budget:
+    """``budget`` with a client deadline ``deadline_s`` seconds away as a limit too.
+
+    The deadline is hard. If it binds (no latency budget, or one no shorter), the budget
+    becomes it, hard; a shorter budget keeps its own policy, since a soft budget's late
+    answer still helps until the deadline (which is enforced on its own).
+    """
+    if deadline_s is None:
+        return budget
+    limit = budget.latency_budget_s
+    binds = limit is None or deadline_s <= limit
+    return budget.tightened(Budget(latency_budget_s=deadline_s, hard=True if binds else None))
 
 
 def task_parameters(parameters: Mapping[str, ParamValue]) -> dict[str, ParamValue]:

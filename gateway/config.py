@@ -74,7 +74,7 @@ class GatewaySettings(BaseSettings):
     """What a late answer is worth when a request does not say (``latency_budget_policy``):
     ``hard``, useless, so a request that can no longer finish within its latency budget is
     dropped before it runs (DEADLINE_EXCEEDED); ``soft``, still wanted, so it runs late. A
-    client deadline is always hard."""
+    client deadline is always hard; a soft budget shorter than it stays soft up to it."""
     request_timeout_s: float = Field(60.0, gt=0)
     """Hard limit on one request when the client sets no deadline."""
     max_payload_bytes: int = Field(64 * MIB, ge=1024)

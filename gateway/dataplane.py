@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from gateway.admission import Admitter
 from gateway.backends.base import Backend
-from gateway.budget import parse_budget, parse_timeout_s, task_parameters
+from gateway.budget import parse_budget, parse_timeout_s, task_parameters, with_deadline
 from gateway.catalog import Catalog, IndexEntry, ModelMetadata
 from gateway.config import GatewaySettings
 from gateway.errors import (
@@ -276,8 +276,7 @@ class DataPlane:
         labels.model = family.manifest.family
         budget = parse_budget(request.parameters, request.headers).or_defaults(self.default_budget)
         client_timeout_s, deadline_s = self._deadline(request, start_s)
-        if client_timeout_s is not None:
-            budget = budget.tightened(Budget(latency_budget_s=client_timeout_s, hard=True))
+        budget = with_deadline(budget, client_timeout_s)
 
         candidates = self.admitter.holdable(family, self._candidates(family, pin))
         io = candidates[0].io

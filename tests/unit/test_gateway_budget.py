@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gateway.budget import parse_budget, parse_timeout_s, task_parameters
+from gateway.budget import parse_budget, parse_timeout_s, task_parameters, with_deadline
 from gateway.errors import InvalidRequestError
 from gateway.types import Budget
 
@@ -61,3 +61,15 @@ def test_timeout_is_microseconds():
 def test_task_parameters_drop_reserved_ones():
     params = {"top_k": 3, "latency_budget_ms": 5, "timeout": 1, "binary_data_output": True}
     assert task_parameters(params) == {"top_k": 3}
+
+
+def test_a_deadline_is_hard_and_a_shorter_soft_budget_stays_soft():
+    soft = Budget(latency_budget_s=0.1, hard=False)
+    # A 10 s deadline behind a 100 ms soft budget: late answers still help until then.
+    assert with_deadline(soft, 10.0) == soft
+    # A deadline that binds is the budget, and hard.
+    assert with_deadline(soft, 0.05) == Budget(latency_budget_s=0.05, hard=True)
+    assert with_deadline(Budget(), 0.05) == Budget(latency_budget_s=0.05, hard=True)
+    hard = Budget(latency_budget_s=0.1, hard=True)
+    assert with_deadline(hard, 10.0) == hard
+    assert with_deadline(soft, None) == soft
