@@ -1,15 +1,16 @@
 """Where the misses of one open-loop stream go: shed, dropped unrun, or answered late.
 
-One family, one arrival rate (Poisson), one latency budget on every request, sent to the
-family name so the gateway routes. The same seeded stream is replayed ``--runs`` times, each
-against a freshly started gateway, so the spread between runs shows how much of a difference
-is the machine's timing rather than the gateway. Per run: misses, split into shed at arrival
-(RESOURCE_EXHAUSTED), dropped before running (DEADLINE_EXCEEDED) and answered after the
-budget, the shed answers' latency, and the variants that answered.
+One family, one arrival rate (Poisson), one latency budget on every request (hard, the
+default, or ``--policy soft``), sent to the family name so the gateway routes. The same
+seeded stream is replayed ``--runs`` times, each against a freshly started gateway, so the
+spread between runs shows how much of a difference is the machine's timing rather than the
+gateway. Per run: misses, split into shed at arrival (RESOURCE_EXHAUSTED), dropped before
+running (DEADLINE_EXCEEDED) and answered after the budget, the shed answers' latency, and
+the variants that answered.
 
     .venv/bin/python bench/budget_stream.py --family translation --rate 50 --budget-ms 100
 
-Results: ``bench/results/budget_stream_<family>.{json,md}``.
+Results: ``bench/results/budget_stream_<family>_<policy>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ async def one_run(url: str, family: str, args: argparse.Namespace) -> dict[str, 
     budget = BudgetClass("budget", args.budget_ms / 1000, 1.0)
     phase = Phase(1.0, args.requests / args.rate)
     trace = make_trace((phase,), args.rate, (budget,), len(items), args.seed)
-    parameters = {"latency_budget_ms": args.budget_ms}
+    parameters = {"latency_budget_ms": args.budget_ms, "latency_budget_policy": args.policy}
     outcomes = await replay(url, trace.arrivals, items, lambda _: (family, parameters), 10.0)
     return misses(outcomes)
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--rate", type=float, default=50.0, help="arrivals per second")
     parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument("--policy", choices=["hard", "soft"], default="hard")
     parser.add_argument("--requests", type=int, default=900)
     parser.add_argument("--runs", type=int, default=3, help="fresh gateways, same stream")
     parser.add_argument("--items", type=int, default=200, help="requests in the item pool")
@@ -86,7 +88,7 @@ def main() -> None:
                 proc.wait(60)
             print(f"run {i + 1}: {runs[-1]['misses']} misses", flush=True)
     words = [f"--family {args.family}", f"--rate {args.rate:g}", f"--budget-ms {args.budget_ms:g}"]
-    words += [f"--requests {args.requests}", f"--runs {args.runs}"]
+    words += [f"--policy {args.policy}", f"--requests {args.requests}", f"--runs {args.runs}"]
     command = command_line("budget_stream.py", words)
     rows = [
         "| run | misses | shed | dropped unrun | late | shed p50 / p99 ms |",
@@ -102,8 +104,8 @@ def main() -> None:
             f"# Misses of one open-loop stream: {args.family}",
             "",
             f"{machine()}. {args.requests} requests, Poisson at {args.rate:g}/s, each with a "
-            f"{args.budget_ms:g} ms latency budget, routed by the gateway; the same seeded "
-            "stream against a fresh gateway each run.",
+            f"{args.budget_ms:g} ms {args.policy} latency budget, routed by the gateway; the "
+            "same seeded stream against a fresh gateway each run.",
             "",
             *rows,
             "",
@@ -112,7 +114,7 @@ def main() -> None:
         ]
     )
     result = {"family": args.family, "machine": machine(), "command": command, "runs": runs}
-    write_results(f"budget_stream_{args.family}", result, markdown)
+    write_results(f"budget_stream_{args.family}_{args.policy}", result, markdown)
     print(markdown)
 
 
