@@ -306,6 +306,11 @@ class ServiceModel:
             return self.fit.p50_s(rows, size, concurrency)
         return float(rows)
 
+    @property
+    def _profiled_tail(self) -> float:
+        """p95 / p50 the profile gives a run (``DEFAULT_TAIL`` without a profile)."""
+        return self.fit.tail if self.fit is not None else DEFAULT_TAIL
+
     def _weight(self, measured: Measured) -> float:
         if self.fit is None:
             return 1.0 if measured.samples else 0.0
@@ -333,8 +338,7 @@ class ServiceModel:
         measured = self.learning.read()
         base = self._base_p50_s(rows, size, concurrency)
         weight = self._weight(measured)
-        profiled_tail = self.fit.tail if self.fit is not None else DEFAULT_TAIL
-        tail = (1.0 - weight) * profiled_tail + weight * measured.tail
+        tail = (1.0 - weight) * self._profiled_tail + weight * measured.tail
         alone = self._base_p50_s(rows, size) if concurrency > 1 else base
         trusted = measured.samples >= self.min_samples
         if self.fit is None:
@@ -372,14 +376,13 @@ class ServiceModel:
         r = seconds / predicted
         if self.fit is not None:
             r = min(MAX_RATIO, max(MIN_RATIO, r))
-        profiled_tail = self.fit.tail if self.fit is not None else DEFAULT_TAIL
         with self._lock:
             old = self.learning.own()
             self._recent.append(r)
             recent = list(self._recent)
             # Both follow a slowdown and its end within their windows of runs.
             ratio = statistics.median(recent[-MEDIAN_WINDOW:])
-            tail = _tail_ratio(recent, ratio, profiled_tail)
+            tail = _tail_ratio(recent, ratio, self._profiled_tail)
             self.learning.write(Measured(ratio, tail, old.samples + 1, self.clock()))
 
     @property
