@@ -39,8 +39,6 @@ class Admission:
         selection: What the response says about the choice.
         cost_s: Predicted median seconds of its run.
         tail_s: Predicted tail seconds of its run.
-        start_margin_s: Run time it must have left before its deadline when it starts: its
-            tail, or its median when only that fitted (a best-effort choice).
         measured_s: What measured runs say its run alone takes (None: too few runs).
         size: Its items' total size, when the family counts sizes.
         concurrency: Runs predicted to execute beside it, itself included.
@@ -52,7 +50,6 @@ class Admission:
     selection: Selection
     cost_s: float
     tail_s: float
-    start_margin_s: float
     measured_s: float | None
     size: float | None
     concurrency: int
@@ -174,7 +171,6 @@ class Admitter:
             selection,
             prediction.p50_s,
             prediction.p95_s,
-            prediction.p95_s if top.at_tail else prediction.p50_s,
             prediction.measured_p50_s,
             size,
             pool.concurrency_next,

@@ -98,12 +98,11 @@ class TaskRunner:
             if self.inline(admission, len(items)):
                 results = run_inline(items, run_task, max_rows, admission.size, observe, clock)
                 return io.pack(results)
-            # The last moment the job may start and still be answered in time: its tail (its
-            # median, for a best-effort choice) and the loop's lag to get the answer out,
-            # within the deadline (or the budget, unless late answers help).
+            # The last moment the job may start and still be answered in time: its tail, and
+            # the loop's lag to get the answer out, within the deadline (or the budget,
+            # unless late answers help).
             end_by_s = due_s if budget.hard is not False else deadline_s
-            margin_s = admission.start_margin_s + self._lag_weight * self.loop_lag.lag_s
-            start_by_s = end_by_s - margin_s
+            start_by_s = end_by_s - admission.tail_s - self._lag_weight * self.loop_lag.lag_s
             job = Job(
                 key=(key, lease.holder, _options_key(options), io.batch_key(items)),
                 items=items,
