@@ -210,8 +210,9 @@ def select(
             # should still fit on a cheaper one.
             predicted_s += queue_headroom * estimate.wait_s
         if limit_s is not None and predicted_s > limit_s:
-            # Too slow even idle (its profiled tail misses) is the budget's doing, not load's.
-            idle = estimate.idle_p95_s > limit_s
+            # Too slow even idle (its profiled tail misses the whole budget) is the budget's
+            # doing. Time already spent in the gateway is load's: it waited for the event loop.
+            idle = estimate.idle_p95_s > (budget.latency_budget_s or 0.0)
             dynamic_misses[variant.name] = (
                 LATENCY_BUDGET if idle else LOAD,
                 f"{variant.name} predicted {_ms(predicted_s)} > budget {_ms(limit_s)} "

@@ -145,6 +145,15 @@ def test_time_already_spent_counts_against_the_budget():
     assert choose(budget, elapsed_s=0.015).ranked[0].variant.name == "fp16"
 
 
+def test_time_spent_waiting_in_the_gateway_is_loads_doing_not_the_budgets():
+    # fp32's idle tail (30 ms) fits the 40 ms budget; 15 ms already spent leaves 25 ms.
+    choice = choose(Budget(latency_budget_s=0.040), elapsed_s=0.015)
+    assert (choice.ranked[0].variant.name, choice.reason) == ("fp16", "load")
+    # Nothing fits what is left of the budget: a shed (load), not an impossible budget.
+    with pytest.raises(CapacityExhaustedError):
+        choose(Budget(latency_budget_s=0.040), elapsed_s=0.036)
+
+
 def test_in_flight_limit_excludes_a_variant():
     choice = choose(estimates={"fam__fp32": idle("fp32", in_flight=4)})
     assert names(choice) == ["fp16", "int8"]
