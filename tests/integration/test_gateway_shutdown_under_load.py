@@ -41,19 +41,34 @@ class Outcome:
 class Traffic:
     outcomes: list[Outcome] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    sent: dict[int, float] = field(default_factory=dict)
+    """Per client thread, when its unanswered request went out."""
+
+    def _send(self) -> float:
+        started = time.monotonic()
+        self.sent[threading.get_ident()] = started
+        return started
+
+    def _answered(self, outcome: Outcome) -> None:
+        self.sent.pop(threading.get_ident(), None)
+        self.outcomes.append(outcome)
+
+    def unanswered_since(self, before_s: float) -> int:
+        """Requests sent before ``before_s`` and not answered yet."""
+        return sum(1 for started in list(self.sent.values()) if started < before_s)
 
     def grpc_worker(self, url: str, model: str) -> None:
         wire = Wire("grpc", grpcclient.InferenceServerClient(url))
         while not self.stop.is_set():
-            started = time.monotonic()
+            started = self._send()
             try:
                 wire.infer(model, image_input(200))
-                self.outcomes.append(Outcome(started, ok=True))
+                self._answered(Outcome(started, ok=True))
             except InferenceServerException as exc:
                 # Refused, not taken: the server is gone or shutting down. (Before the signal
                 # even these count as lost, below.)
                 refused = str(exc.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED")
-                self.outcomes.append(Outcome(started, False, refused, f"grpc {exc}"))
+                self._answered(Outcome(started, False, refused, f"grpc {exc}"))
                 time.sleep(0.01)
 
     def http_worker(self, url: str, model: str) -> None:
@@ -61,7 +76,7 @@ class Traffic:
                             "data": [200] * 64}]}  # fmt: skip
         with httpx.Client(base_url=url, timeout=30) as client:
             while not self.stop.is_set():
-                started = time.monotonic()
+                started = self._send()
                 try:
                     response = client.post(f"/v2/models/{model}/infer", json=body)
                 except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
@@ -69,12 +84,12 @@ class Traffic:
                     # written to a keep-alive connection the server is closing (Linux resets
                     # a socket closed with unread data), or the port is closed. Fine after the
                     # signal; before it, the request counts as lost (see below).
-                    self.outcomes.append(Outcome(started, False, True, f"http {exc!r}"))
+                    self._answered(Outcome(started, False, True, f"http {exc!r}"))
                     time.sleep(0.01)
                     continue
                 ok = response.status_code == 200 and response.json()["outputs"]
                 detail = "" if ok else f"http {response.status_code} {response.text[:200]}"
-                self.outcomes.append(Outcome(started, bool(ok), False, detail))
+                self._answered(Outcome(started, bool(ok), False, detail))
 
 
 def test_sigterm_under_load_answers_every_request_it_took(repo):
@@ -102,6 +117,11 @@ def test_sigterm_under_load_answers_every_request_it_took(repo):
         for thread in threads:
             thread.start()
         time.sleep(2.0)
+        # Signal while requests are surely with the server: sent well before, not answered.
+        deadline = time.monotonic() + 10
+        while traffic.unanswered_since(time.monotonic() - 2 * MARGIN_S) < 3:
+            assert time.monotonic() < deadline, "never three requests in flight at once"
+            time.sleep(0.001)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
