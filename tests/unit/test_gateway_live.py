@@ -76,6 +76,25 @@ def test_a_curved_size_profile_is_followed_between_and_beyond_its_points():
     assert fit.p50_s(1, 2.0) > 0  # never zero or negative below the first point
 
 
+def test_with_sizes_profiled_the_tail_is_the_spread_within_a_size_group():
+    # Short items are fast and long ones slow, so over every size the batch-1 tail is 4x;
+    # within a group of one size it is 1.2x (40 runs) and 1.5x (10 runs).
+    batch1 = LatencyPoint(
+        batch_size=1, concurrency=1, runs=50, p50_s=0.010, p95_s=0.040, p99_s=0.05,
+        throughput_per_s=100,
+    )  # fmt: skip
+    sizes = [
+        SizePoint(size=5, runs=40, p50_s=0.008, p95_s=0.0096),
+        SizePoint(size=20, runs=10, p50_s=0.030, p95_s=0.045),
+    ]
+    fit = fit_profile([batch1], sizes, profiled_size=5.0)
+    assert fit is not None
+    assert fit.tail == pytest.approx((40 * 1.2 + 10 * 1.5) / 50)
+    assert fit.p95_s(1, 20.0) == pytest.approx(fit.p50_s(1, 20.0) * 1.26)
+    # Without sizes (or without a profiled size) the batch-1 tail stands.
+    assert fit_profile([batch1], sizes).tail == pytest.approx(4.0)
+
+
 def test_observations_correct_the_profile_by_weight_and_samples():
     fit = fit_profile([point(1, 0.010)])
     model = ServiceModel(fit, observed_weight=0.5, min_samples=4)
