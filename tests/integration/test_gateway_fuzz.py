@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +29,7 @@ from schemathesis import GenerationMode
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.fuzzing import HEADERS, MODEL_NAMES, grpc_requests, http_bodies, task_requests
+from tests.support.gateway import GatewayProcess, serve_process
 
 EXAMPLES = int(os.environ.get("WIRE_FUZZ_EXAMPLES", "200"))
 TIMEOUT_S = 10.0
@@ -54,58 +52,13 @@ GATEWAY_ENV = {
     "GATEWAY_MAX_TENSOR_ELEMENTS": "200000",
     "GATEWAY_MAX_PAYLOAD_BYTES": str(4 * 1024 * 1024),
     "GATEWAY_REQUEST_TIMEOUT_S": "8",
-    "GATEWAY_RELOAD_INTERVAL_S": "0",
 }
-
-
-@dataclass
-class GatewayProcess:
-    """``gateway serve`` in a child process, with its resources read from ``/proc``."""
-
-    process: subprocess.Popen[str]
-    http_port: int
-    grpc_port: int
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
 
 @pytest.fixture(scope="module")
 def served(repo) -> Iterator[GatewayProcess]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(GATEWAY_ENV)
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repo)]
-    command += ["--http-port", "0", "--grpc-port", "0", "--log-level", "warning"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert process.stdout is not None and process.stderr is not None
-    line = process.stdout.readline()
-    if not line:
-        raise AssertionError(f"gateway exited: {process.stderr.read()}")
-    ports = json.loads(line)
-    try:
-        yield GatewayProcess(process, ports["http_port"], ports["grpc_port"])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-        assert process.returncode == 0
-        # An exception the error table does not know is logged with its traceback.
-        assert "Traceback" not in stderr, stderr[-4000:]
+    with serve_process(repo, GATEWAY_ENV) as process:
+        yield process
 
 
 @dataclass

@@ -1,15 +1,24 @@
-"""A real gateway on 127.0.0.1 in a background thread, for tests that talk to it over the wire.
+"""A real gateway on 127.0.0.1, for tests that talk to it over the wire.
 
 ``launch_gateways()`` yields a function that starts gateways on any repository (both servers,
-ports from binding port 0, a fresh metrics registry each) and stops them all at the end.
+ports from binding port 0, a fresh metrics registry each) in background threads of the test
+process and stops them all at the end. ``serve_process()`` runs ``gateway serve`` in a child
+process instead, for tests whose client load must not share the gateway's interpreter (and
+its GIL) or that measure the server alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,3 +115,61 @@ def launch_gateways() -> Iterator[Callable[..., GatewayThread]]:
     finally:
         for gw in reversed(started):
             gw.stop()
+
+
+@dataclass
+class GatewayProcess:
+    """``gateway serve`` in a child process, with its resources read from ``/proc``."""
+
+    process: subprocess.Popen[str]
+    http_port: int
+    grpc_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def scrape(self) -> Samples:
+        """Every sample on ``/metrics``, keyed by (name, labels)."""
+        return parse_samples(httpx.get(f"{self.http_url}/metrics", timeout=30).text)
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+
+@contextmanager
+def serve_process(repository: Path, env: dict[str, str]) -> Iterator[GatewayProcess]:
+    """``gateway serve`` on free loopback ports with ``env`` (``GATEWAY_*`` settings) added.
+
+    On leaving, SIGTERM; the process must exit 0 without logging a traceback (an exception
+    the error table does not know is logged with one).
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update({"GATEWAY_RELOAD_INTERVAL_S": "0", **env})
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository)]
+    command += ["--http-port", "0", "--grpc-port", "0", "--log-level", "warning"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    )
+    assert process.stdout is not None and process.stderr is not None
+    line = process.stdout.readline()
+    if not line:
+        raise AssertionError(f"gateway exited: {process.stderr.read()}")
+    ports = json.loads(line)
+    try:
+        yield GatewayProcess(process, ports["http_port"], ports["grpc_port"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0
+        assert "Traceback" not in stderr, stderr[-4000:]
