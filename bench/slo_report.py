@@ -14,7 +14,8 @@ from slo_trace import Phase
 SHED = "RESOURCE_EXHAUSTED"
 
 
-def _attained(o: Outcome) -> bool:
+def is_attained(o: Outcome) -> bool:
+    """Answered OK within its budget, as the client measured."""
     return o.status == "OK" and o.latency_s <= o.arrival.budget.seconds
 
 
@@ -23,7 +24,7 @@ def score(
 ) -> dict[str, Any]:
     """The numbers of one stretch of the trace (a phase, or all of it)."""
     total = len(outcomes)
-    attained = [o for o in outcomes if _attained(o)]
+    attained = [o for o in outcomes if is_attained(o)]
     ok = [o for o in outcomes if o.status == "OK"]
     shed = [o for o in outcomes if o.status == SHED]
     statuses = Counter(o.status for o in outcomes)
@@ -49,20 +50,25 @@ def score_policy(
     outcomes: Sequence[Outcome],
     phases: Sequence[Phase],
     quality: Mapping[str, float],
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Overall and per-phase scores of one policy's run of the trace."""
+    """Overall and per-phase scores of one policy's ``rounds`` replays of the trace, pooled."""
     per_phase = []
     for index, phase in enumerate(phases):
         mine = [o for o in outcomes if o.arrival.phase == index]
         per_phase.append(
-            {"load_x": phase.load_x, "bursty": phase.bursty} | score(mine, phase.seconds, quality)
+            {"load_x": phase.load_x, "bursty": phase.bursty}
+            | score(mine, rounds * phase.seconds, quality)
         )
-    overall = score(outcomes, sum(p.seconds for p in phases), quality)
+    overall = score(outcomes, rounds * sum(p.seconds for p in phases), quality)
     return {"overall": overall, "phases": per_phase}
 
 
 def timeline(outcomes: Sequence[Outcome], seconds: float, bin_s: float = 1.0) -> dict[str, Any]:
-    """Attainment and variant shares per ``bin_s`` of arrival time (for the plot)."""
+    """Attainment and variant shares per ``bin_s`` of arrival time (for the plot).
+
+    Replays of the same trace pool into the same bins: the means over the rounds.
+    """
     bins = int(np.ceil(seconds / bin_s))
     attained = np.zeros(bins)
     counts = np.zeros(bins)
@@ -71,7 +77,7 @@ def timeline(outcomes: Sequence[Outcome], seconds: float, bin_s: float = 1.0) ->
     for o in outcomes:
         b = min(bins - 1, int(o.arrival.at_s / bin_s))
         counts[b] += 1
-        attained[b] += _attained(o)
+        attained[b] += is_attained(o)
         if o.status == "OK":
             share[o.variant][b] += 1
     safe = np.maximum(counts, 1)
