@@ -5,7 +5,8 @@ own beforehand, and the bench measures in the same run what it compares against:
 
 1. the largest variant's idle latency over the item pool, which sets the budgets (a tight
    and a loose class, as multiples of its idle p95);
-2. each variant's capacity (closed loop, pinned, ``--capacity-s`` each);
+2. each variant's capacity (closed loop, pinned, ``--capacity-s`` each, the median of
+   ``--rounds`` turns);
 3. the same seeded open-loop trace (bench/slo_trace.py: phases from light load to three
    times the largest variant's capacity and back, bursty phases, a mix of budgets) under
    four policies, each on a freshly started gateway:
@@ -13,7 +14,7 @@ own beforehand, and the bench measures in the same run what it compares against:
    pins the most accurate variant whose capacity covers the trace's mean rate (all three
    send no budget: plain serving, the client judges), ``gateway`` names the family and
    sends each request's budget as ``latency_budget_ms``;
-4. step 3 ``--rounds`` times (default 3), the policies interleaved, and the replays of
+4. step 3 ``--rounds`` times (default 3), the policies taking turns, and the replays of
    each policy pooled: on a shared 2-core machine one replay of the same code attains
    anywhere in a wide band from run to run, and a policy measured in one stretch of time
    only would be compared against another's luck.
@@ -164,10 +165,15 @@ async def run(
     phases = tuple(Phase(p.load_x, args.phase_s, p.bursty) for p in DEFAULT_PHASES)
     with stack.gateway() as url:
         idle = await sequential_latency_s(url, largest.model_name, items, 2 * len(items))
-        capacity = {}
-        for v in published:
-            print(f"capacity: {v.name}", flush=True)
-            capacity[v.name] = await closed_loop(url, v.model_name, items, 8, args.capacity_s)
+        # The variants take turns, ``--rounds`` times; each one's capacity is its median, so
+        # a slow stretch of the machine does not make one variant look slower than another.
+        rates: dict[str, list[float]] = {v.name: [] for v in published}
+        for r in range(args.rounds):
+            for v in published[r % len(published) :] + published[: r % len(published)]:
+                print(f"capacity, round {r + 1}: {v.name}", flush=True)
+                rate = await closed_loop(url, v.model_name, items, 8, args.capacity_s)
+                rates[v.name].append(rate)
+        capacity = {name: float(np.median(r)) for name, r in rates.items()}
     idle_p50, idle_p95 = (float(x) for x in np.percentile(idle, [50, 95]))
     budgets = (
         BudgetClass("tight", args.tight_x * idle_p95, args.tight_share),
@@ -313,7 +319,8 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
             "",
             f"{machine()}; load generator, gateway{triton} share the machine. "
             f"Budgets: {budgets} (multiples of {result['largest']}'s idle "
-            f"p95, {result['idle_ms']['p95']:.1f} ms). Capacities (closed loop, this run): "
+            f"p95, {result['idle_ms']['p95']:.1f} ms). Capacities (closed loop, the median of "
+            f"{rounds} turns each, this run): "
             f"{capacities}. Pinned: largest {result['largest']}, smallest {result['fastest']}, "
             f"static {result['static']}. Each cell: attained · goodput · shed · mean quality "
             f"of attained answers, pooled over {rounds} replays of the trace per policy (the "
