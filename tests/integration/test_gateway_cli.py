@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,28 +10,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from gateway.cli import main
+from tests.support.gateway import spawn_serve
 from tests.support.wire import Wire, image_input
 
 
-def _start(repo, *extra: str) -> tuple[subprocess.Popen[str], dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repo), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise AssertionError(f"gateway exited: {proc.stderr.read() if proc.stderr else ''}")
-    return proc, json.loads(line)
-
-
 def test_serve_answers_both_protocols_and_stops_gracefully(repo):
-    proc, ports = _start(repo, "--http-port", "0", "--grpc-port", "0", "--log-level", "warning")
+    proc, ports = spawn_serve(repo, {})
     try:
         assert ports["event"] == "listening"
         grpc_url = f"127.0.0.1:{ports['grpc_port']}"

@@ -172,7 +172,7 @@ def run_grpc(gw: GatewayProcess, tally: Tally, examples: int) -> None:
 
 
 def run_http(gw: GatewayProcess, tally: Tally, examples: int) -> None:
-    with httpx.Client(base_url=gw.http_url, timeout=TIMEOUT_S) as client:
+    with httpx.Client(base_url=f"http://{gw.http_url}", timeout=TIMEOUT_S) as client:
 
         @_fuzz_settings(examples)
         @given(model=MODEL_NAMES, body=http_bodies(), headers=HEADERS)
@@ -221,7 +221,7 @@ def run_http(gw: GatewayProcess, tally: Tally, examples: int) -> None:
 
 
 def run_schemathesis(gw: GatewayProcess, tally: Tally, examples: int) -> None:
-    schema = schemathesis.openapi.from_url(f"{gw.http_url}/openapi.json", timeout=TIMEOUT_S)
+    schema = schemathesis.openapi.from_url(f"http://{gw.http_url}/openapi.json", timeout=TIMEOUT_S)
     served_model = {"name": "digits", "version": "1"}  # so cases also reach a real model
     cases = st.one_of(
         schema.as_strategy(GenerationMode.POSITIVE),
@@ -234,7 +234,7 @@ def run_schemathesis(gw: GatewayProcess, tally: Tally, examples: int) -> None:
     @given(case=cases)
     def call(case: Any) -> None:
         start = time.perf_counter()
-        response = case.call(base_url=gw.http_url, timeout=TIMEOUT_S)
+        response = case.call(base_url=f"http://{gw.http_url}", timeout=TIMEOUT_S)
         assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:500]}"
         if response.status_code >= 400:
             assert response.json()["error"], response.text
@@ -275,4 +275,4 @@ def test_fuzzed_requests_get_client_errors_and_leave_no_trace(served):
     assert tally.slowest_s < TIMEOUT_S
     assert fds_after - fds_before <= FD_SLACK
     assert rss_after - rss_before <= RSS_SLACK_BYTES
-    assert httpx.get(f"{served.http_url}/v2/health/ready", timeout=5).status_code == 200
+    assert httpx.get(f"http://{served.http_url}/v2/health/ready", timeout=5).status_code == 200

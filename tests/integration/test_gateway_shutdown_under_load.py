@@ -9,10 +9,7 @@ any response), which a client can safely retry, and nothing else. The process ex
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +19,7 @@ import httpx
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.support.gateway import spawn_serve
 from tests.support.wire import Wire, image_input
 
 MARGIN_S = 0.02
@@ -93,16 +91,8 @@ class Traffic:
 
 
 def test_sigterm_under_load_answers_every_request_it_took(repo):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update({"GATEWAY_SHUTDOWN_GRACE_S": "10", "GATEWAY_RELOAD_INTERVAL_S": "0"})
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repo)]
-    command += ["--http-port", "0", "--grpc-port", "0", "--log-level", "warning"]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    proc, ports = spawn_serve(repo, {"GATEWAY_SHUTDOWN_GRACE_S": "10"})
     try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
         grpc_url = f"127.0.0.1:{ports['grpc_port']}"
         http_url = f"http://127.0.0.1:{ports['http_port']}"
         traffic = Traffic()

@@ -6,11 +6,8 @@ connection) and checks what only a shared view can give, whichever worker a requ
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.support.gateway import spawn_serve
 from tests.support.wire import Samples, image_input, parse_samples
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -30,16 +28,8 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 class Workers:
     def __init__(self, repo: Path, **settings: object) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env.update({f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()})
-        env.update(GATEWAY_LOG_LEVEL="warning", GATEWAY_RELOAD_INTERVAL_S="0")
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repo)]
-        command += ["--workers", "2", "--http-port", "0", "--grpc-port", "0"]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, "the supervisor exited before listening"
-        ports = json.loads(line)
+        env = {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+        self.proc, ports = spawn_serve(repo, env, "--workers", "2")
         self.grpc_url = f"127.0.0.1:{ports['grpc_port']}"
         self.http_url = f"127.0.0.1:{ports['http_port']}"
 

@@ -4,7 +4,8 @@
 ports from binding port 0, a fresh metrics registry each) in background threads of the test
 process and stops them all at the end. ``serve_process()`` runs ``gateway serve`` in a child
 process instead, for tests whose client load must not share the gateway's interpreter (and
-its GIL) or that measure the server alone.
+its GIL) or that measure the server alone; ``spawn_serve()`` starts one for tests that
+signal it themselves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ class GatewayProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"127.0.0.1:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -135,7 +136,7 @@ class GatewayProcess:
 
     def scrape(self) -> Samples:
         """Every sample on ``/metrics``, keyed by (name, labels)."""
-        return parse_samples(httpx.get(f"{self.http_url}/metrics", timeout=30).text)
+        return parse_samples(httpx.get(f"http://{self.http_url}/metrics", timeout=30).text)
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -147,25 +148,40 @@ class GatewayProcess:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
 
+def spawn_serve(
+    repository: Path, env: Mapping[str, str], *args: str
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start ``gateway serve`` on free loopback ports; returns the process and its ready line.
+
+    The environment is the test's without its ``GATEWAY_*`` settings, then ``env`` (no
+    background reload, warnings only, unless ``env`` says otherwise); ``args`` are added to
+    the command line. Its stderr is a pipe: read it with ``communicate()`` once it is told
+    to stop.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update({"GATEWAY_RELOAD_INTERVAL_S": "0", "GATEWAY_LOG_LEVEL": "warning", **env})
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository)]
+    command += ["--http-port", "0", "--grpc-port", "0", *args]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.kill()
+        _, stderr = process.communicate(timeout=30)
+        raise AssertionError(f"gateway exited before listening: {stderr[-4000:]}")
+    return process, json.loads(line)
+
+
 @contextmanager
-def serve_process(repository: Path, env: dict[str, str]) -> Iterator[GatewayProcess]:
-    """``gateway serve`` on free loopback ports with ``env`` (``GATEWAY_*`` settings) added.
+def serve_process(repository: Path, env: Mapping[str, str]) -> Iterator[GatewayProcess]:
+    """``gateway serve`` in a child process (:func:`spawn_serve`), stopped on leaving.
 
     On leaving, SIGTERM; the process must exit 0 without logging a traceback (an exception
     the error table does not know is logged with one).
     """
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    environ.update({"GATEWAY_RELOAD_INTERVAL_S": "0", **env})
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository)]
-    command += ["--http-port", "0", "--grpc-port", "0", "--log-level", "warning"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
-    )
-    assert process.stdout is not None and process.stderr is not None
-    line = process.stdout.readline()
-    if not line:
-        raise AssertionError(f"gateway exited: {process.stderr.read()}")
-    ports = json.loads(line)
+    process, ports = spawn_serve(repository, env)
     try:
         yield GatewayProcess(process, ports["http_port"], ports["grpc_port"])
     finally:
