@@ -9,6 +9,7 @@ which a deployed gateway never shares with its clients.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +43,19 @@ def _call(url: str, budget_s: float) -> tuple[str, float, str]:
         return str(exc.status()), time.perf_counter() - start, ""
     finally:
         client.close()
+
+
+def most_late(answers: int, chance: float, risk: float = 1e-3) -> int:
+    """The most late answers of ``answers``, each late with ``chance``, but for ``risk``.
+
+    The least k with P(more than k late) <= risk, for independent answers (binomial).
+    """
+    beyond = 1.0
+    for k in range(answers + 1):
+        beyond -= math.comb(answers, k) * chance**k * (1 - chance) ** (answers - k)
+        if beyond <= risk:
+            return k
+    return answers
 
 
 def test_a_burst_is_shed_or_downgraded_not_run_late_and_recovery_is_quick(repo):
@@ -83,15 +97,16 @@ def _burst_and_recovery(gw, repo) -> None:
         "StatusCode.DEADLINE_EXCEEDED",
     }
     # Answered after its budget by the server: admission predicts each run at its tail
-    # (p95), so a run on cores shared with 48 client threads may still overrun now and then,
-    # as one in twenty may; queueing work that cannot make it would make many late.
+    # (p95), so each answer may overrun with a chance of one in twenty; queueing work that
+    # cannot make it would make most of them late.
     after = gw.scrape()
     late = sum(
         metric(after, "gateway_budget_misses_total", model="busy", variant=variant)
         - metric(before, "gateway_budget_misses_total", model="busy", variant=variant)
         for variant in ("fp32", "small")
     )
-    assert late <= max(1, len(answered) // 20), f"{late} of {len(answered)} answered late"
+    allowed = most_late(len(answered), chance=0.05)
+    assert late <= allowed, f"{late} of {len(answered)} answered late (at most {allowed})"
 
     # Answers within budget again within a second of the burst ending...
     while True:
