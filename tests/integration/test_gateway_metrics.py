@@ -15,7 +15,14 @@ def delta(before, after, name, **labels):
 def test_request_outcomes_latency_and_choices(gw, wire):
     before = gw.scrape()
     wire.infer("digits", image_input(0))
-    wire.infer("digits", image_input(0), parameters={"latency_budget_ms": 8})
+    # fp32 and fp16 are profiled slower than 8 ms, so a smaller variant serves: int8, or
+    # pruned-50-int8 when the request took long enough to reach routing on a busy machine
+    # that int8's tail no longer fits. The metrics must say what the response says.
+    budgeted = wire.infer("digits", image_input(0), parameters={"latency_budget_ms": 8})
+    assert (budgeted.variant, budgeted.reason) in {
+        ("int8", "latency-budget"),
+        ("pruned-50-int8", "load"),
+    }
     with pytest.raises(InferenceServerException):
         wire.infer("digits", image_input(0), parameters={"latency_budget_ms": 0.1})
     with pytest.raises(InferenceServerException):
@@ -27,7 +34,14 @@ def test_request_outcomes_latency_and_choices(gw, wire):
         == 1
     )
     assert (
-        delta(before, after, "gateway_requests_total", model="digits", variant="int8", code="OK")
+        delta(
+            before,
+            after,
+            "gateway_requests_total",
+            model="digits",
+            variant=budgeted.variant,
+            code="OK",
+        )
         == 1
     )
     assert (
@@ -53,8 +67,8 @@ def test_request_outcomes_latency_and_choices(gw, wire):
             after,
             "gateway_selections_total",
             model="digits",
-            variant="int8",
-            reason="latency-budget",
+            variant=budgeted.variant,
+            reason=budgeted.reason,
         )
         == 1
     )
@@ -68,7 +82,10 @@ def test_request_outcomes_latency_and_choices(gw, wire):
     )
     assert count == 1
     assert (
-        delta(before, after, "gateway_backend_seconds_count", model="digits", variant="int8") == 1
+        delta(
+            before, after, "gateway_backend_seconds_count", model="digits", variant=budgeted.variant
+        )
+        == 1
     )
     assert delta(before, after, "gateway_budget_requests_total", model="digits") == 1
 
