@@ -33,7 +33,27 @@ from tests.support.wire import Samples, parse_samples
 T = TypeVar("T")
 
 
-class GatewayThread:
+class LoopbackEndpoints:
+    """The URLs and ``/metrics`` of a gateway listening on 127.0.0.1 ports."""
+
+    http_port: int
+    grpc_port: int
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint, as tritonclient expects it."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def scrape(self) -> Samples:
+        """Every sample on ``/metrics``, keyed by (name, labels)."""
+        return parse_samples(httpx.get(f"http://{self.http_url}/metrics", timeout=30).text)
+
+
+class GatewayThread(LoopbackEndpoints):
     """A real gateway serving from a background thread with its own event loop."""
 
     def __init__(self, settings: GatewaySettings) -> None:
@@ -74,17 +94,13 @@ class GatewayThread:
             self._thread.join(30)
         self.loop.close()
 
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.gateway.http_port}"
+    @property  # type: ignore[override]
+    def http_port(self) -> int:
+        return self.gateway.http_port
 
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.gateway.grpc_port}"
-
-    def scrape(self) -> Samples:
-        """Every sample on ``/metrics``, keyed by (name, labels)."""
-        return parse_samples(httpx.get(f"http://{self.http_url}/metrics", timeout=30).text)
+    @property  # type: ignore[override]
+    def grpc_port(self) -> int:
+        return self.gateway.grpc_port
 
 
 def gateway_settings(repository: Path, **overrides: Any) -> GatewaySettings:
@@ -119,24 +135,12 @@ def launch_gateways() -> Iterator[Callable[..., GatewayThread]]:
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(LoopbackEndpoints):
     """``gateway serve`` in a child process, with its resources read from ``/proc``."""
 
     process: subprocess.Popen[str]
     http_port: int
     grpc_port: int
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def scrape(self) -> Samples:
-        """Every sample on ``/metrics``, keyed by (name, labels)."""
-        return parse_samples(httpx.get(f"http://{self.http_url}/metrics", timeout=30).text)
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
