@@ -40,7 +40,7 @@ import io
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,42 @@ class Stack:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_measuring_arguments(parser)
+    args = parser.parse_args()
+    report(args, *run_on_family(args, run))
+
+
+Run = Callable[
+    [Stack, FamilyManifest, list[Item], argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]
+]
+
+
+def run_on_family(args: argparse.Namespace, run: Run) -> tuple[FamilyManifest, dict[str, Any]]:
+    """``run`` on a repository of ``--family`` alone, behind ``--backend``."""
+    manifest = load_manifest(manifest_path(args.repository, args.family))
+    items = family_items(args.family, args.items)
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = family_subset(args.repository.resolve(), args.family, Path(tmp) / "repository")
+        with Stack(subset, args.backend, Path(tmp), args.workers) as stack:
+            return manifest, asyncio.run(run(stack, manifest, items, args))
+
+
+def run_words(args: argparse.Namespace, prefix: str) -> tuple[str, list[str]]:
+    """The results' stem and the options that reproduce a run."""
+    suffix = "" if args.backend == "embedded" else f"_{args.backend}"
+    words = [
+        f"--family {args.family}",
+        f"--backend {args.backend}",
+        f"--phase-s {args.phase_s:g}",
+        f"--rounds {args.rounds}",
+    ]
+    if args.workers != 1:
+        words.append(f"--workers {args.workers}")
+    return f"{prefix}_{args.family}{suffix}", words
+
+
+def add_measuring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of what both SLO benches measure first: budgets, capacities, items."""
     parser.add_argument("--family", default="translation")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--backend", choices=["embedded", "triton"], default="embedded")
@@ -147,14 +183,32 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="replays of the trace per policy, interleaved"
     )
-    args = parser.parse_args()
-    manifest = load_manifest(manifest_path(args.repository, args.family))
-    items = family_items(args.family, args.items)
-    with tempfile.TemporaryDirectory() as tmp:
-        subset = family_subset(args.repository.resolve(), args.family, Path(tmp) / "repository")
-        with Stack(subset, args.backend, Path(tmp), args.workers) as stack:
-            result = asyncio.run(run(stack, manifest, items, args))
-    report(args, manifest, result)
+
+
+async def measure(
+    url: str, manifest: FamilyManifest, items: list[Item], args: argparse.Namespace
+) -> tuple[list[float], dict[str, float]]:
+    """The largest variant's idle latencies, and every variant's closed-loop capacity."""
+    published = manifest.published()
+    largest = max(published, key=lambda v: v.quality)
+    idle = await sequential_latency_s(url, largest.model_name, items, 2 * len(items))
+    # The variants take turns, ``--rounds`` times; each one's capacity is its median, so a
+    # slow stretch of the machine does not make one variant look slower than another.
+    rates: dict[str, list[float]] = {v.name: [] for v in published}
+    for r in range(args.rounds):
+        for v in published[r % len(published) :] + published[: r % len(published)]:
+            print(f"capacity, round {r + 1}: {v.name}", flush=True)
+            rate = await closed_loop(url, v.model_name, items, 8, args.capacity_s)
+            rates[v.name].append(rate)
+    return idle, {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def budget_mix(idle_p95_s: float, args: argparse.Namespace) -> tuple[BudgetClass, ...]:
+    """The tight and the loose budget class, as multiples of the largest's idle p95."""
+    return (
+        BudgetClass("tight", args.tight_x * idle_p95_s, args.tight_share),
+        BudgetClass("loose", args.loose_x * idle_p95_s, 1 - args.tight_share),
+    )
 
 
 async def run(
@@ -164,21 +218,9 @@ async def run(
     largest = max(published, key=lambda v: v.quality)
     phases = tuple(Phase(p.load_x, args.phase_s, p.bursty) for p in DEFAULT_PHASES)
     with stack.gateway() as url:
-        idle = await sequential_latency_s(url, largest.model_name, items, 2 * len(items))
-        # The variants take turns, ``--rounds`` times; each one's capacity is its median, so
-        # a slow stretch of the machine does not make one variant look slower than another.
-        rates: dict[str, list[float]] = {v.name: [] for v in published}
-        for r in range(args.rounds):
-            for v in published[r % len(published) :] + published[: r % len(published)]:
-                print(f"capacity, round {r + 1}: {v.name}", flush=True)
-                rate = await closed_loop(url, v.model_name, items, 8, args.capacity_s)
-                rates[v.name].append(rate)
-        capacity = {name: float(np.median(r)) for name, r in rates.items()}
+        idle, capacity = await measure(url, manifest, items, args)
     idle_p50, idle_p95 = (float(x) for x in np.percentile(idle, [50, 95]))
-    budgets = (
-        BudgetClass("tight", args.tight_x * idle_p95, args.tight_share),
-        BudgetClass("loose", args.loose_x * idle_p95, 1 - args.tight_share),
-    )
+    budgets = budget_mix(idle_p95, args)
     fastest = max(published, key=lambda v: capacity[v.name])
     mean_rate = (
         capacity[largest.name]
@@ -277,16 +319,7 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
     seconds = sum(p.seconds for p in phases)
     lines = {p: timeline(result["outcomes"][p], seconds) for p in POLICIES}
     met = targets(result, scores)
-    suffix = "" if args.backend == "embedded" else f"_{args.backend}"
-    stem = f"slo_{args.family}{suffix}"
-    words = [
-        f"--family {args.family}",
-        f"--backend {args.backend}",
-        f"--phase-s {args.phase_s:g}",
-        f"--rounds {rounds}",
-    ]
-    if args.workers != 1:
-        words.append(f"--workers {args.workers}")
+    stem, words = run_words(args, "slo")
     command = command_line("slo.py", words)
     budgets = ", ".join(
         f"{b.name} {1000 * b.seconds:.1f} ms ({100 * b.share:.0f} %)" for b in result["budgets"]
