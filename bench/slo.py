@@ -40,7 +40,7 @@ import io
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,24 @@ def run_words(args: argparse.Namespace, prefix: str) -> tuple[str, list[str]]:
     if args.workers != 1:
         words.append(f"--workers {args.workers}")
     return f"{prefix}_{args.family}{suffix}", words
+
+
+def describe_budgets(budgets: Sequence[BudgetClass]) -> str:
+    """The budget mix in words: name, milliseconds and share of each class."""
+    return ", ".join(f"{b.name} {1000 * b.seconds:.1f} ms ({100 * b.share:.0f} %)" for b in budgets)
+
+
+def result_header(
+    args: argparse.Namespace, command: str, budgets: Sequence[BudgetClass]
+) -> dict[str, Any]:
+    """What every SLO result file starts with: the setup, the machine, the command."""
+    return {
+        "family": args.family,
+        "backend": args.backend,
+        "machine": machine(),
+        "command": command,
+        "budgets_ms": {b.name: 1000 * b.seconds for b in budgets},
+    }
 
 
 def add_measuring_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,9 +339,7 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
     met = targets(result, scores)
     stem, words = run_words(args, "slo")
     command = command_line("slo.py", words)
-    budgets = ", ".join(
-        f"{b.name} {1000 * b.seconds:.1f} ms ({100 * b.share:.0f} %)" for b in result["budgets"]
-    )
+    budgets = describe_budgets(result["budgets"])
     capacities = ", ".join(f"{k} {v:.0f}/s" for k, v in result["capacity"].items())
     triton = " and Triton" if args.backend == "triton" else ""
     spread = "; ".join(
@@ -331,11 +347,7 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
         for p in POLICIES
     )
     json_result = {
-        "family": args.family,
-        "backend": args.backend,
-        "machine": machine(),
-        "command": command,
-        "budgets_ms": {b.name: 1000 * b.seconds for b in result["budgets"]},
+        **result_header(args, command, result["budgets"]),
         "idle_ms": result["idle_ms"],
         "capacity_per_s": result["capacity"],
         "pinned": {k: result[k] for k in ("largest", "fastest", "static")},

@@ -33,7 +33,16 @@ from typing import Any
 
 import numpy as np
 from common import command_line, machine, write_results
-from slo import Stack, add_measuring_arguments, budget_mix, measure, run_on_family, run_words
+from slo import (
+    Stack,
+    add_measuring_arguments,
+    budget_mix,
+    describe_budgets,
+    measure,
+    result_header,
+    run_on_family,
+    run_words,
+)
 from slo_load import Item, Outcome, replay, sequential_latency_s
 from slo_report import is_attained, score_policy
 from slo_trace import Phase, Trace, make_trace
@@ -82,10 +91,9 @@ async def run(
             with stack.gateway() as url:
                 got = await replay(url, trace.arrivals, items, request, args.timeout_s)
             outcomes[policy] += got
-    # Each item's cost: its mean sequential latency, scaled to the closed-loop capacity.
-    per_item = np.zeros(len(items))
-    for i, seconds in enumerate(alone):
-        per_item[i % len(items)] += seconds / 2
+    # Each item's cost: its mean sequential latency (the requests cycle through the items),
+    # scaled to the closed-loop capacity.
+    per_item = np.asarray(alone).reshape(-1, len(items)).mean(axis=0)
     per_item *= args.threads / capacity[fastest.name] / per_item.mean()
     return {
         "phases": phases,
@@ -130,15 +138,13 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
     scores = {
         p: score_policy(result["outcomes"][p], phases, quality, args.rounds) for p in POLICIES
     }
+    names = [b.name for b in result["budgets"]]
     for p in POLICIES:
         for i, phase_score in enumerate(scores[p]["phases"]):
-            names = [b.name for b in result["budgets"]]
             phase_score["attainment_by_budget"] = by_budget(result["outcomes"][p], i, names)
     stem, words = run_words(args, "slo_ceiling")
     command = command_line("slo_ceiling.py", [*words, f"--fractions {args.fractions}"])
-    budgets = ", ".join(
-        f"{b.name} {1000 * b.seconds:.1f} ms ({100 * b.share:.0f} %)" for b in result["budgets"]
-    )
+    budgets = describe_budgets(result["budgets"])
     fastest = result["fastest"]
     cap = result["capacity"][fastest]
     rows = [
@@ -146,23 +152,19 @@ def report(args: argparse.Namespace, manifest: FamilyManifest, result: dict[str,
         "| gateway: attained (tight / loose) · shed | clairvoyant bound |",
         "|---:|---:|---:|---:|---:|",
     ]
+
+    def split(s: dict[str, Any]) -> str:
+        parts = " / ".join(f"{100 * a:.1f}" for a in s["attainment_by_budget"].values())
+        return f"{100 * s['attainment']:.1f} % ({parts})"
+
     for i, phase in enumerate(phases):
         pin, gw = scores["fastest"]["phases"][i], scores["gateway"]["phases"][i]
-
-        def split(s: dict[str, Any]) -> str:
-            parts = " / ".join(f"{100 * a:.1f}" for a in s["attainment_by_budget"].values())
-            return f"{100 * s['attainment']:.1f} % ({parts})"
-
         rows.append(
             f"| {phase.load_x:g} | {pin['offered_per_s']:.0f} | {split(pin)} | "
             f"{split(gw)} · {100 * gw['shed']:.0f} % | {100 * result['clairvoyant'][i]:.1f} % |"
         )
     json_result = {
-        "family": args.family,
-        "backend": args.backend,
-        "machine": machine(),
-        "command": command,
-        "budgets_ms": {b.name: 1000 * b.seconds for b in result["budgets"]},
+        **result_header(args, command, result["budgets"]),
         "capacity_per_s": result["capacity"],
         "fastest": fastest,
         "rounds": args.rounds,
