@@ -166,17 +166,29 @@ def profile_latency(
     return points
 
 
-def _single_items_in_turn(
-    task: Task, run_graph: RunGraphs, chosen: list[Any], settings: ProfileSettings
-) -> list[float]:
+def _groups_in_turn(
+    task: Task, run_graph: RunGraphs, groups: list[list[Any]], settings: ProfileSettings
+) -> list[list[float]]:
+    """Time single items, one from each group in turn, each group's items in turn too.
+
+    Interleaved, a slow spell of the machine lands on every group alike instead of on
+    whichever group was being timed then (which could make short items look longer than
+    long ones). Each group gets ``min_runs`` to ``max_runs`` runs; together they run for the
+    time of one point per group.
+    """
+    samples: list[list[float]] = [[] for _ in groups]
+    deadline = time.perf_counter() + settings.time_per_point_s * len(groups)
     turn = 0
-
-    def one() -> None:
-        nonlocal turn
-        task.run([chosen[turn % len(chosen)]], run_graph)
+    while min(len(s) for s in samples) < settings.max_runs:
+        for group, timed in zip(groups, samples, strict=True):
+            start = time.perf_counter()
+            task.run([group[turn % len(group)]], run_graph)
+            timed.append(time.perf_counter() - start)
         turn += 1
-
-    return _timed_loop(one, settings)
+        enough = min(len(s) for s in samples) >= settings.min_runs
+        if enough and time.perf_counter() >= deadline:
+            break
+    return samples
 
 
 def profile_sizes(
@@ -188,15 +200,17 @@ def profile_sizes(
 ) -> list[SizePoint]:
     """Time single items (batch 1, concurrency 1) against their size, for size-aware routing.
 
-    The items are sorted by size and cut into :data:`SIZE_BINS` groups of equal count; each
-    group is timed with its items in turn, and its point stands at the group's median size
-    (where the p50 of items in turn falls). Run after :func:`profile_latency`, on warm graphs.
+    The items are sorted by size and cut into :data:`SIZE_BINS` groups of equal count; the
+    groups are timed in turn, each with its items in turn, and each group's point stands at
+    its median size (where the p50 of items in turn falls). Run after
+    :func:`profile_latency`, on warm graphs.
     """
     sizes = np.asarray([item_size(item) for item in items], dtype=np.float64)
     order = np.argsort(sizes, kind="stable")
+    groups = np.array_split(order, min(SIZE_BINS, len(items)))
+    timed = _groups_in_turn(task, run_graph, [[items[i] for i in g] for g in groups], settings)
     points: list[SizePoint] = []
-    for group in np.array_split(order, min(SIZE_BINS, len(items))):
-        samples = _single_items_in_turn(task, run_graph, [items[i] for i in group], settings)
+    for group, samples in zip(groups, timed, strict=True):
         p50, p95, _ = _percentiles(samples)
         size = float(np.median(sizes[group]))
         points.append(SizePoint(size=size, runs=len(samples), p50_s=p50, p95_s=p95))
