@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from gateway.tasks.base import RunGraph, TaskInputError
 
@@ -79,7 +79,9 @@ def open_image(
                 raise TaskInputError(
                     f"could not decode image: {width}x{height} exceeds {max_pixels} pixels"
                 )
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            # exif_transpose copies an upright image whole; only a turned one needs it.
+            turned = image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+            rgb = (ImageOps.exif_transpose(image) if turned else image).convert("RGB")
     except TaskInputError:
         raise
     except Exception as exc:  # PIL's decoders raise many types (OSError, SyntaxError, EOFError…)
